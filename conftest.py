@@ -1,0 +1,1 @@
+pytest_plugins = ["kb.pytest_plugin"]

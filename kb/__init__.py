@@ -1,0 +1,1 @@
+"""kb: answers about neural-network fundamentals, backed by executable NumPy evidence."""

@@ -1,0 +1,192 @@
+"""The answer file format: YAML front matter, a Markdown body and the Python snippets in it.
+
+Parsing never raises for bad content: every problem becomes a `FormatError` that names the file
+and line, so one broken answer never stops the others from being served or checked.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+SLUG_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+FENCE_RE = re.compile(r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*?)[ \t]*$")
+SNIPPET_ATTRS = {"norun", "hide"}
+REQUIRED = ("title", "summary")
+LISTS = ("aliases", "tags", "related", "sources")
+
+
+def display_path(path: Path) -> str:
+    """The path as a user types it: relative to the working directory when below it."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+class FormatError(Exception):
+    """A problem in an answer file, reported as `path:line: message`."""
+
+    def __init__(self, path: str, line: int, message: str):
+        super().__init__(f"{path}:{line}: {message}")
+        self.path, self.line, self.message = path, line, message
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """One ```python fence: `line` is the fence's line; the code starts on the next one."""
+
+    index: int
+    line: int
+    code: str
+    attrs: frozenset = frozenset()
+
+    @property
+    def runs(self) -> bool:
+        return "norun" not in self.attrs
+
+
+@dataclass
+class Answer:
+    slug: str
+    path: str
+    title: str
+    summary: str
+    body: str
+    body_line: int
+    snippets: list[Snippet]
+    aliases: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    related: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    key_lines: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def runnable(self) -> list[Snippet]:
+        return [s for s in self.snippets if s.runs]
+
+
+def parse_answer(path, text: str | None = None) -> Answer:
+    """Parse one answer file; raise `FormatError` on the first problem found."""
+    path = Path(path)
+    shown = display_path(path)
+    slug = path.stem
+    if not SLUG_RE.fullmatch(slug):
+        raise FormatError(shown, 1, f"file name {slug!r} is not a slug: use lowercase words joined by '-'")
+    if text is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise FormatError(shown, 1, f"not UTF-8 text ({exc.reason})") from None
+    lines = text.splitlines()
+    meta, key_lines, body_start = _front_matter(shown, lines)
+    snippets = _snippets(shown, lines, body_start)
+    return Answer(
+        slug=slug, path=shown, body="\n".join(lines[body_start - 1:]), body_line=body_start,
+        snippets=snippets, key_lines=key_lines, **meta,
+    )
+
+
+def _front_matter(shown: str, lines: list[str]):
+    """Return (validated metadata, line of each key, first body line)."""
+    if not lines or lines[0].strip() != "---":
+        raise FormatError(shown, 1, "missing front matter: the file must start with a '---' line")
+    try:
+        end = next(i for i in range(1, len(lines)) if lines[i].strip() == "---")
+    except StopIteration:
+        raise FormatError(shown, 1, "front matter is not closed: add a '---' line after it") from None
+    source = "\n".join(lines[1:end])
+    try:
+        node = yaml.compose(source, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(source)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 2 if mark else 2
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise FormatError(shown, line, f"invalid YAML in front matter: {problem}") from None
+    if not isinstance(data, dict):
+        raise FormatError(shown, 2, "front matter must be a mapping of keys to values")
+    key_lines = {str(k.value): k.start_mark.line + 2 for k, _ in node.value}
+    meta = {}
+    for key, value in data.items():
+        line = key_lines.get(str(key), 2)
+        if key in REQUIRED:
+            if not isinstance(value, str) or not value.strip():
+                raise FormatError(shown, line, f"'{key}' must be a non-empty string")
+            meta[key] = " ".join(value.split())
+        elif key in LISTS:
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                raise FormatError(shown, line, f"'{key}' must be a list of non-empty strings")
+            meta[key] = [v.strip() for v in value]
+        else:
+            allowed = ", ".join(REQUIRED + LISTS)
+            raise FormatError(shown, line, f"unknown key '{key}' (allowed: {allowed})")
+    for key in REQUIRED:
+        if key not in meta:
+            raise FormatError(shown, 1, f"missing required key '{key}' in front matter")
+    for slug in meta.get("related", []):
+        if not SLUG_RE.fullmatch(slug):
+            raise FormatError(shown, key_lines["related"], f"related entry {slug!r} is not a slug")
+    return meta, key_lines, end + 2
+
+
+def _snippets(shown: str, lines: list[str], body_start: int) -> list[Snippet]:
+    """Find the ```python fences of the body (top-level fences, as Markdown renders them)."""
+    snippets, open_fence = [], None
+    for number in range(body_start, len(lines) + 1):
+        match = FENCE_RE.match(lines[number - 1])
+        if not match:
+            continue
+        fence, info = match["fence"], match["info"]
+        if open_fence is None:
+            open_fence, open_line, open_info, code_start = fence, number, info, number + 1
+        elif fence[0] == open_fence[0] and len(fence) >= len(open_fence) and not info:
+            words = open_info.split()
+            if words and words[0] == "python":
+                unknown = set(words[1:]) - SNIPPET_ATTRS
+                if unknown:
+                    raise FormatError(shown, open_line, f"unknown snippet attribute {sorted(unknown)[0]!r} "
+                                      f"(allowed: {', '.join(sorted(SNIPPET_ATTRS))})")
+                code = "\n".join(lines[code_start - 1:number - 1])
+                snippets.append(Snippet(len(snippets), open_line, code, frozenset(words[1:])))
+            open_fence = None
+    if open_fence is not None:
+        raise FormatError(shown, open_line, f"code fence {open_fence}{open_info} is never closed")
+    return snippets
+
+
+def answer_paths(paths) -> list[Path]:
+    """Expand files and directories into the answer files they name, sorted."""
+    found = []
+    for path in map(Path, paths):
+        found.extend(sorted(path.glob("*.md")) if path.is_dir() else [path])
+    return found
+
+
+def load_answers(paths) -> tuple[dict[str, Answer], list[FormatError]]:
+    """Parse every answer under `paths`; broken files become errors, the rest are returned.
+
+    `related` slugs are checked against the answer files that sit beside each answer.
+    """
+    answers, errors = {}, []
+    for path in answer_paths(paths):
+        if not path.is_file():
+            errors.append(FormatError(display_path(path), 0, "no such answer file"))
+            continue
+        try:
+            answer = parse_answer(path)
+        except FormatError as exc:
+            errors.append(exc)
+            continue
+        siblings = {p.stem for p in path.parent.glob("*.md")}
+        missing = [s for s in answer.related if s not in siblings or s == answer.slug]
+        if missing:
+            errors.append(FormatError(answer.path, answer.key_lines["related"],
+                                      f"related slug {missing[0]!r} is not another answer in {display_path(path.parent)}{os.sep}"))
+            continue
+        answers[answer.slug] = answer
+    return answers, errors

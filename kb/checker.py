@@ -1,0 +1,39 @@
+"""Evidence for many answers: from the cache when the code is unchanged, else from the runner."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+
+def evidence_for(answer, runner, store=None, use_cache: bool = True) -> tuple[dict, bool]:
+    """(evidence, came_from_cache). Fresh evidence is written back to the store."""
+    if store is not None and use_cache:
+        cached = store.get(answer)
+        if cached is not None:
+            return cached, True
+    evidence = runner.run(answer)
+    if store is not None:
+        store.put(evidence)
+    return evidence, False
+
+
+def check_all(answers, runner, store=None, use_cache: bool = True, jobs: int = 2):
+    """Yield (answer, evidence, cached) as each answer finishes, `jobs` at a time."""
+    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+        futures = {pool.submit(evidence_for, a, runner, store, use_cache): a for a in answers}
+        for future in as_completed(futures):
+            yield (futures[future], *future.result())
+
+
+def problems(evidence: dict, path: str) -> list[str]:
+    """`path:line: …` lines for every failed check and error, as a terminal shows them."""
+    lines = []
+    for snippet in evidence["snippets"]:
+        for check in snippet["checks"]:
+            if not check["passed"]:
+                lines.append(f"{path}:{check['line']}: check failed: {check['claim']} (value: {check['value']})")
+        error = snippet.get("error")
+        if error:
+            lines.append(f"{path}:{error['line'] or snippet['line']}: {error['type']}: {error['message']}")
+        if snippet["truncated"]:
+            lines.append(f"{path}:{snippet['line']}: output truncated at the runner's cap")
+    return lines

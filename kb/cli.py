@@ -1,0 +1,65 @@
+"""`python -m kb …`: check answers from a terminal or CI."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from . import evidence as ev
+from .answer import load_answers
+from .checker import check_all, problems
+from .runner import Limits, Runner
+from .store import Store
+
+DEFAULT_DB = os.environ.get("KB_DB", ".kb/kb.sqlite3")
+DEFAULT_ANSWERS = os.environ.get("KB_ANSWERS", "answers")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kb", description="Executable answers about neural-network fundamentals.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check", help="run answers' snippets and report their evidence")
+    check.add_argument("paths", nargs="*", metavar="PATH", help=f"answer files or directories (default: {DEFAULT_ANSWERS})")
+    check.add_argument("--json", action="store_true", help="print the evidence list as JSON on stdout")
+    check.add_argument("--no-cache", action="store_true", help="run every answer even if cached evidence exists")
+    check.add_argument("--db", default=DEFAULT_DB, help=f"SQLite evidence cache (default: {DEFAULT_DB})")
+    check.add_argument("--timeout", type=float, default=Limits.timeout, help="seconds per answer (default: %(default)s)")
+    check.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, help="answers run at once (default: %(default)s)")
+    args = parser.parse_args(argv)
+    return cmd_check(args)
+
+
+def cmd_check(args) -> int:
+    answers, errors = load_answers(args.paths or [DEFAULT_ANSWERS])
+    report = sys.stderr if args.json else sys.stdout
+    for error in errors:
+        print(error, file=sys.stderr)
+    if not answers and not errors:
+        print("no answer files found", file=sys.stderr)
+        return 2
+    store = Store(args.db)
+    started, results = time.monotonic(), []
+    print(f"checking {len(answers)} answer(s), {args.jobs} at a time", file=sys.stderr, flush=True)
+    with Runner(Limits(timeout=args.timeout)) as runner:
+        done = check_all(answers.values(), runner, store, use_cache=not args.no_cache, jobs=args.jobs)
+        for number, (answer, evidence, cached) in enumerate(done, 1):
+            passed, total = ev.checks_count(evidence)
+            took = "cached" if cached else f"{evidence['duration_ms'] / 1000:.2f} s"
+            print(f"[{number}/{len(answers)}] {evidence['status']:<8} {answer.slug:<32} "
+                  f"{passed}/{total} checks  {took}", file=report, flush=True)
+            for line in problems(evidence, answer.path):
+                print(f"    {line}", file=report, flush=True)
+            results.append(evidence)
+    statuses = [e["status"] for e in results]
+    print(f"{statuses.count('passed')} passed, {len(statuses) - statuses.count('passed')} not passed, "
+          f"{len(errors)} format error(s) in {time.monotonic() - started:.2f} s", file=report)
+    if args.json:
+        results.sort(key=lambda e: e["slug"])
+        figure_url = lambda slug, name: f"/api/answers/{slug}/figures/{name}"  # noqa: E731
+        json.dump([ev.public(e, figure_url) for e in results], sys.stdout, indent=2, allow_nan=False)
+        print()
+    if errors:
+        return 2
+    return 0 if all(s == "passed" for s in statuses) else 1

@@ -1,0 +1,96 @@
+"""The evidence model: what running an answer's snippets showed, claim by claim.
+
+Evidence is plain data (dicts and lists) so that it crosses the process boundary, the SQLite
+cache and the JSON API unchanged; this module holds the few rules about it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+from datetime import datetime, timezone
+
+import numpy
+
+RUNNER_VERSION = "1"
+STATUS_ORDER = ("timeout", "error", "failed", "passed")
+
+
+def environment() -> dict:
+    return {"python": platform.python_version(), "numpy": numpy.__version__}
+
+
+def cache_key(answer) -> str:
+    """Hash of what decides a run's outcome: the code, the interpreter, NumPy, the runner.
+
+    Prose, titles and line numbers are not part of it, so editing prose never re-runs code.
+    """
+    material = {
+        "runner": RUNNER_VERSION,
+        "env": environment(),
+        "snippets": [[s.code, sorted(s.attrs)] for s in answer.snippets],
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def answer_status(snippets: list[dict]) -> str:
+    """The worst snippet status decides the answer's status."""
+    seen = {s["status"] for s in snippets}
+    return next((status for status in STATUS_ORDER[:-1] if status in seen), "passed")
+
+
+def pending(answer) -> dict:
+    """Evidence for an answer that has not run yet."""
+    return {"slug": answer.slug, "status": "pending", "ran_at": None, "duration_ms": None,
+            "environment": environment(), "snippets": []}
+
+
+def rebase(evidence: dict, answer) -> dict:
+    """Move the line numbers of cached evidence to where the snippets are now.
+
+    The cache key ignores prose, so prose edited above a snippet shifts its lines without a re-run.
+    """
+    by_index = {s.index: s for s in answer.snippets}
+    for snippet in evidence["snippets"]:
+        current = by_index.get(snippet["index"])
+        if current is None:
+            continue
+        shift = current.line - snippet["line"]
+        snippet["line"] = current.line
+        for check in snippet["checks"]:
+            check["line"] += shift
+        if snippet.get("error") and snippet["error"].get("line"):
+            snippet["error"]["line"] += shift
+    return evidence
+
+
+def checks_count(evidence: dict) -> tuple[int, int]:
+    """(passed, total) checks."""
+    checks = [c for s in evidence["snippets"] for c in s["checks"]]
+    return sum(c["passed"] for c in checks), len(checks)
+
+
+def public(evidence: dict, figure_url) -> dict:
+    """The contract's JSON shape: figures become URLs, non-finite floats become null."""
+    out = {k: v for k, v in evidence.items() if k != "key"}
+    out["snippets"] = [
+        {**s, "figures": [figure_url(evidence["slug"], f["name"]) for f in s["figures"]],
+         "figure_alts": [f["alt"] for f in s["figures"]]}
+        for s in evidence["snippets"]
+    ]
+    return _finite(out)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

@@ -1,0 +1,107 @@
+"""pytest collects answer files: one test item per runnable snippet (`answers/x.md::snippet-N`).
+
+Items of one answer share one run through the same runner the service uses, so CI evidence and
+served evidence are the same thing. A broken answer file becomes one failing `format` item with
+its `file:line`, and the other answers still run. With pytest-xdist use `--dist loadfile` (set in
+this project's pytest.ini) so each answer runs once, on one worker.
+"""
+from __future__ import annotations
+
+import pytest
+
+from .answer import load_answers
+from .checker import evidence_for
+from .runner import Limits, Runner
+from .store import Store
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("kb", "executable answers")
+    group.addoption("--kb-cache", metavar="DB", default=None,
+                    help="reuse cached evidence from this SQLite file (default: always run the snippets)")
+    group.addoption("--kb-timeout", type=float, default=Limits.timeout, help="seconds per answer")
+
+
+def pytest_collect_file(file_path, parent):
+    if file_path.suffix == ".md" and file_path.parent.name == "answers":
+        return AnswerFile.from_parent(parent, path=file_path)
+    return None
+
+
+def _runner(config) -> Runner:
+    """One runner (one fork server) per pytest process, closed when the session ends."""
+    runner = getattr(config, "_kb_runner", None)
+    if runner is None:
+        runner = config._kb_runner = Runner(Limits(timeout=config.getoption("kb_timeout")))
+        config.add_cleanup(runner.close)
+    return runner
+
+
+class AnswerFile(pytest.File):
+    def collect(self):
+        answers, errors = load_answers([self.path])
+        if errors:
+            yield FormatItem.from_parent(self, name="format", error=errors[0])
+            return
+        self.answer = next(iter(answers.values()))
+        self._evidence = None
+        for snippet in self.answer.runnable:
+            yield SnippetItem.from_parent(self, name=f"snippet-{snippet.index}", snippet=snippet)
+
+    def evidence(self) -> dict:
+        if self._evidence is None:
+            db = self.config.getoption("kb_cache")
+            store = Store(db) if db else None
+            self._evidence, _ = evidence_for(self.answer, _runner(self.config), store, use_cache=bool(db))
+        return self._evidence
+
+
+class AnswerFailure(Exception):
+    """A snippet's evidence did not hold; the message is already in `file:line: …` form."""
+
+
+class FormatItem(pytest.Item):
+    def __init__(self, *, error, **kwargs):
+        super().__init__(**kwargs)
+        self.error = error
+
+    def runtest(self):
+        raise AnswerFailure(str(self.error))
+
+    def repr_failure(self, excinfo):
+        return str(excinfo.value) if excinfo.errisinstance(AnswerFailure) else super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, max(self.error.line - 1, 0), f"{self.error.path}::format"
+
+
+class SnippetItem(pytest.Item):
+    def __init__(self, *, snippet, **kwargs):
+        super().__init__(**kwargs)
+        self.snippet = snippet
+
+    def runtest(self):
+        answer = self.parent.answer
+        result = self.parent.evidence()["snippets"][self.snippet.index]
+        if result["status"] == "skipped":
+            pytest.skip("not run: an earlier snippet of this answer stopped with an error")
+        lines = []
+        for check in result["checks"]:
+            if not check["passed"]:
+                lines.append(f"{answer.path}:{check['line']}: check failed: {check['claim']}\n"
+                             f"    computed value: {check['value']}")
+        error = result["error"]
+        if error:
+            lines.append(f"{answer.path}:{error['line'] or self.snippet.line}: {error['type']}: {error['message']}")
+            if error.get("traceback"):
+                lines.append(error["traceback"].rstrip())
+        if lines:
+            if result["stdout"]:
+                lines.append("--- snippet output ---\n" + result["stdout"].rstrip())
+            raise AnswerFailure("\n".join(lines))
+
+    def repr_failure(self, excinfo):
+        return str(excinfo.value) if excinfo.errisinstance(AnswerFailure) else super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, self.snippet.line - 1, f"{self.parent.answer.path}::{self.name}"

@@ -1,0 +1,71 @@
+"""The evidence cache: one embedded SQLite file, derived from `answers/` and safe to delete.
+
+Evidence is stored under the answer's cache key (see `kb.evidence.cache_key`); figures are kept
+in their own table so that reading evidence never drags SVG bytes along. Connections are opened
+per thread, so the store can be shared by a threaded server.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+from . import evidence as ev
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS evidence (
+    slug TEXT PRIMARY KEY, key TEXT NOT NULL, record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS figures (
+    slug TEXT NOT NULL, name TEXT NOT NULL, svg TEXT NOT NULL, PRIMARY KEY (slug, name)
+);
+"""
+
+
+class Store:
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self.connection() as db:
+            db.executescript(SCHEMA)
+
+    def connection(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None or getattr(self._local, "pid", None) != os.getpid():
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db, self._local.pid = db, os.getpid()
+        return db
+
+    def get(self, answer) -> dict | None:
+        """Cached evidence for the answer's current code, with lines moved to the current file."""
+        row = self.connection().execute(
+            "SELECT record FROM evidence WHERE slug = ? AND key = ?",
+            (answer.slug, ev.cache_key(answer))).fetchone()
+        return ev.rebase(json.loads(row[0]), answer) if row else None
+
+    def latest(self, slug: str) -> dict | None:
+        """The last evidence stored for a slug, whatever code it ran."""
+        row = self.connection().execute("SELECT record FROM evidence WHERE slug = ?", (slug,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, evidence: dict) -> None:
+        """Replace the slug's evidence and figures in one transaction."""
+        figures = [(evidence["slug"], f["name"], f.pop("svg"))
+                   for s in evidence["snippets"] for f in s["figures"] if "svg" in f]
+        db = self.connection()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM figures WHERE slug = ?", (evidence["slug"],))
+            db.executemany("INSERT INTO figures VALUES (?, ?, ?)", figures)
+            db.execute("INSERT OR REPLACE INTO evidence VALUES (?, ?, ?)",
+                       (evidence["slug"], evidence["key"], json.dumps(evidence)))
+
+    def figure(self, slug: str, name: str) -> str | None:
+        row = self.connection().execute(
+            "SELECT svg FROM figures WHERE slug = ? AND name = ?", (slug, name)).fetchone()
+        return row[0] if row else None

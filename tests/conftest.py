@@ -1,0 +1,42 @@
+"""Shared helpers: write answer files into a temporary answers/ directory and run the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def answer_text(title="A question?", summary="An answer.", snippets=(), extra="", prose="Some prose."):
+    """An answer file: front matter, prose, then one ```python fence per snippet."""
+    parts = [f"---\ntitle: {title}\nsummary: {summary}\n{extra}---\n\n{prose}\n"]
+    for code in snippets:
+        parts.append(f"\n```python\n{textwrap.dedent(code).strip()}\n```\n")
+    return "".join(parts)
+
+
+@pytest.fixture
+def answers_dir(tmp_path):
+    folder = tmp_path / "answers"
+    folder.mkdir()
+    return folder
+
+
+def run_cli(*args, cwd, timeout=120):
+    """`python -m kb …` as a user runs it, with the project importable."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "kb", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def check_json(folder, *args, cwd):
+    """Run `kb check --json` on a folder; return (process, evidence by slug)."""
+    proc = run_cli("check", folder, "--json", "--db", Path(cwd) / "kb.sqlite3", *args, cwd=cwd)
+    evidence = {e["slug"]: e for e in json.loads(proc.stdout)} if proc.stdout.strip() else {}
+    return proc, evidence
