@@ -1,0 +1,271 @@
+"""Answer bodies to HTML: Markdown, server-side MathML and highlighted code, safe under a strict CSP.
+
+The pipeline, and why each step is there:
+
+1. Top-level fences are found exactly as `kb.answer` finds them, so the i-th ```python fence is
+   `answer.snippets[i]`; it becomes a slot the caller fills with the code and its evidence.
+2. Math (`$…$`, `$$…$$`) and `\\$` are replaced by alphanumeric tokens, so Markdown cannot turn
+   `_` or `*` inside a formula into emphasis.
+3. Markdown runs with its raw-HTML handling removed (HTML in an answer is shown as text), and
+   nh3 sanitises the result (no scripts, event handlers, `javascript:` URLs or `style`).
+4. The tokens are replaced by MathML serialised here from latex2mathml's element tree: its own
+   `convert()` unescapes the text it produced, so `\\text{<script>}` would come out as markup.
+"""
+from __future__ import annotations
+
+import functools
+import html
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from xml.etree.ElementTree import tostring
+
+import markdown
+import nh3
+from latex2mathml.converter import convert_to_element
+from markdown.extensions.toc import TocExtension, slugify
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import PythonLexer
+
+from .answer import FENCE_RE
+
+log = logging.getLogger(__name__)
+
+LIGHT_STYLE, DARK_STYLE = "default", "github-dark"
+
+
+@dataclass
+class Rendered:
+    parts: list[tuple[str, object]]  # ("html", "<p>…</p>") or ("snippet", index), in document order
+    toc: str                          # the toc extension's HTML, "" when there are no headings
+
+
+def render_answer(answer) -> Rendered:
+    """Render `answer.body`; each ```python fence becomes a ("snippet", index) part."""
+    doc = _Doc()
+    body, toc = doc.render(answer.body, snippets=True)
+    pieces = re.split("<p>" + doc.token("s", r"(\d+)") + "</p>", body)
+    parts = []
+    for i, piece in enumerate(pieces):
+        if i % 2:
+            parts.append(("snippet", int(piece)))
+        elif piece.strip():
+            parts.append(("html", piece.strip()))
+    return Rendered(parts, toc)
+
+
+def render_markdown(text: str) -> str:
+    """Render a Markdown fragment (a summary, a page's intro); python fences are plain code here."""
+    return _Doc().render(text, snippets=False)[0]
+
+
+_BLOCK_START = re.compile(r"#{1,6}(?=\s|$)|>|[*+-](?=\s|$)|(?:[*_-][ \t]*){3,}$|\[[^\]]*\]:|[`~]{3}")
+
+
+def render_inline(text: str) -> str:
+    """Render one line (a title, a check's claim) with its math and emphasis, without a <p>.
+
+    A line that Markdown would read as a block (`# …`, `- …`, `1. …`, `[x]: …`) is escaped so
+    it stays a line of text.
+    """
+    line = " ".join(text.split())
+    if _BLOCK_START.match(line):
+        line = "\\" + line
+    line = re.sub(r"^(\d+)\.(?=\s|$)", r"\1\\.", line)
+    out = render_markdown(line).strip()
+    match = re.fullmatch(r"<p>(.*)</p>", out, re.S)
+    return match[1] if match else out
+
+
+def highlight_python(code: str) -> str:
+    """Pygments HTML for a snippet, with the same classes as the fences Markdown highlights."""
+    return highlight(code, PythonLexer(), HtmlFormatter(cssclass="highlight", wrapcode=True))
+
+
+def pygments_css() -> str:
+    """CSS for `.highlight`: a light theme, and a dark one for `prefers-color-scheme: dark`.
+
+    The dark block first resets every token class the light theme styles, so no light-theme
+    colour, weight or border is left where the dark theme says nothing.
+    """
+    light, dark = (HtmlFormatter(style=s, cssclass="highlight") for s in (LIGHT_STYLE, DARK_STYLE))
+    light_tokens = light.get_token_style_defs(".highlight")
+    reset = (",\n  ".join(rule.split(" {")[0] for rule in light_tokens)
+             + " { color: inherit; background-color: transparent; font-weight: inherit;"
+             " font-style: inherit; text-decoration: inherit; border: none }")
+    dark_rules = [reset, *dark.get_background_style_defs(".highlight"), *dark.get_token_style_defs(".highlight")]
+    return "\n".join([*light.get_background_style_defs(".highlight"), *light_tokens,
+                      "@media (prefers-color-scheme: dark) {", *("  " + r for r in dark_rules), "}", ""])
+
+
+# --- Markdown and sanitising ------------------------------------------------------------------
+
+def _markdown(slug) -> markdown.Markdown:
+    """A fresh instance per call (about 0.5 ms): Markdown objects hold state, threads share none."""
+    md = markdown.Markdown(
+        extensions=["fenced_code", "tables", "footnotes", "codehilite", "sane_lists",
+                    TocExtension(permalink=True, slugify=slug)],
+        extension_configs={
+            "codehilite": {"css_class": "highlight", "guess_lang": False},  # classes, never inline styles
+            "tables": {"use_align_attribute": True},                         # align="…", not style="…"
+        },
+        output_format="html",
+    )
+    md.preprocessors.deregister("html_block")  # raw HTML is escaped and shown as text
+    md.inlinePatterns.deregister("html")
+    return md
+
+
+def _attribute_filter(tag, attr, value):
+    """Images load from http(s) or relative URLs only (`url_schemes` also admits mailto for links)."""
+    if tag == "img" and attr == "src" and value.strip().lower().startswith("mailto:"):
+        return None
+    return value
+
+
+_CLEANER = nh3.Cleaner(
+    tags={"p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "a", "em", "strong", "code", "pre",
+          "span", "div", "blockquote", "ul", "ol", "li", "table", "thead", "tbody", "tr", "th", "td",
+          "sup", "sub", "img"},
+    attributes={
+        "h1": {"id"}, "h2": {"id"}, "h3": {"id"}, "h4": {"id"}, "h5": {"id"}, "h6": {"id"},
+        "a": {"href", "title", "class"}, "img": {"src", "alt", "title"},
+        "code": {"class"}, "pre": {"class"}, "span": {"class"}, "div": {"class"},
+        "sup": {"id"}, "li": {"id"}, "ol": {"start"}, "th": {"align"}, "td": {"align"},
+    },
+    url_schemes={"http", "https", "mailto"},
+    attribute_filter=_attribute_filter,
+)
+
+# --- math ---------------------------------------------------------------------------------------
+
+_NOT_BLANK = r"(?!\n[ \t]*\n)"  # inline constructs never span a blank line (a new paragraph)
+_INLINE_RE = re.compile(rf"""
+    (?P<escape>\\[\\`$])                                             # \\ \` \$
+  | (?P<code>(?P<ticks>`+)(?:{_NOT_BLANK}.)+?(?<!`)(?P=ticks)(?!`))   # a code span stays as it is
+  | \$\$(?P<display>(?:{_NOT_BLANK}(?:\\.|[^$\\]))+?)\$\$
+  | \$(?P<inline>(?![\s$])(?:{_NOT_BLANK}(?:\\.|[^$\\]))+?)(?<!\s)\$(?!\d)   # pandoc's rules
+""", re.S | re.X)
+
+_MATHML_TAGS = {
+    "math", "mrow", "mi", "mn", "mo", "ms", "mtext", "mspace", "msub", "msup", "msubsup", "munder",
+    "mover", "munderover", "mfrac", "msqrt", "mroot", "mstyle", "merror", "mpadded", "mphantom",
+    "menclose", "mtable", "mtr", "mtd", "mlabeledtr", "mmultiscripts", "mprescripts", "none",
+    "semantics", "annotation", "mfenced", "maligngroup", "malignmark",
+}
+_MATHML_ATTRS = {  # presentation attributes; never style, class, href or event handlers
+    "xmlns", "display", "mathvariant", "mathsize", "mathcolor", "mathbackground", "stretchy",
+    "fence", "separator", "separators", "form", "lspace", "rspace", "largeop", "movablelimits",
+    "accent", "accentunder", "symmetric", "minsize", "maxsize", "width", "height", "depth",
+    "voffset", "linethickness", "scriptlevel", "displaystyle", "notation", "columnalign",
+    "rowalign", "columnlines", "rowlines", "columnspacing", "rowspacing", "frame", "framespacing",
+    "columnspan", "rowspan", "equalrows", "equalcolumns", "linebreak", "open", "close",
+    "bevelled", "numalign", "denomalign", "encoding",
+}
+_CHAR_REF = re.compile(r"&#(x[0-9a-fA-F]+|[0-9]+);")
+
+
+def _chars(text):
+    """latex2mathml stores symbols as `&#x…;` text; make them characters so escaping is exact."""
+    return _CHAR_REF.sub(lambda m: chr(int(m[1][1:], 16) if m[1][0] == "x" else int(m[1])), text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _mathml(latex: str, display: str) -> str:
+    """MathML for one formula, or the escaped source in <code class="math-error"> if it fails."""
+    try:
+        root = convert_to_element(latex, display=display)
+        for el in root.iter():
+            if el.tag not in _MATHML_TAGS:
+                raise ValueError(f"unexpected element <{el.tag}>")
+            el.attrib = {k: _chars(v) for k, v in el.attrib.items() if k in _MATHML_ATTRS}
+            el.text = el.text and _chars(el.text)
+            el.tail = el.tail and _chars(el.tail)
+        return tostring(root, encoding="unicode")  # escapes text and attribute values
+    except Exception as exc:  # noqa: BLE001 - any LaTeX latex2mathml rejects, however it fails
+        delim = "$$" if display == "block" else "$"
+        log.warning("cannot convert LaTeX %s%s%s: %r", delim, latex, delim, exc)
+        return (f'<code class="math-error" title="{html.escape(f"LaTeX error: {str(exc) or type(exc).__name__}")}">'
+                f"{html.escape(delim + latex + delim)}</code>")
+
+
+_TAG_RE = re.compile(r'<(/?)([a-zA-Z0-9]+)(?:[^>"]|"[^"]*")*>')  # nh3 quotes every attribute with "
+
+
+class _Doc:
+    """One rendering: the token nonce and what each token stands for."""
+
+    def __init__(self):
+        self.nonce = secrets.token_hex(6)
+        self.stash = []  # (source, plain text, HTML) per token
+
+    def token(self, kind: str, index) -> str:
+        return f"kb{self.nonce}{kind}{index}e"
+
+    def _protect(self, prose: str) -> str:
+        def replace(m):
+            if m["code"] or (m["escape"] and m["escape"] != "\\$"):
+                return m[0]
+            if m["escape"]:
+                entry = (m[0], "$", "$")
+            else:
+                latex, display = (m["display"], "block") if m["display"] is not None else (m["inline"], "inline")
+                entry = (m[0], m[0], _mathml(latex.strip(), display))
+            self.stash.append(entry)
+            return self.token("m", len(self.stash) - 1)
+        return _INLINE_RE.sub(replace, prose)
+
+    def _source(self, text: str, snippets: bool) -> str:
+        """The Markdown to convert: math tokenised in prose, fences normalised or made slots."""
+        out, prose, lines, i, count = [], [], text.splitlines(), 0, 0
+        while i < len(lines):
+            opening = FENCE_RE.match(lines[i])
+            if not opening:
+                prose.append(lines[i])
+                i += 1
+                continue
+            fence, words = opening["fence"], opening["info"].split()
+            end = i + 1
+            while end < len(lines) and not ((m := FENCE_RE.match(lines[end])) and not m["info"]
+                                            and m["fence"][0] == fence[0] and len(m["fence"]) >= len(fence)):
+                end += 1
+            out.append(self._protect("\n".join(prose)))
+            prose = []
+            lang = words[0] if words and re.fullmatch(r"[\w#.+-]+", words[0]) else ""
+            if snippets and lang == "python":
+                out.append(self.token("s", count))
+                count += 1
+            else:  # fenced_code accepts no attributes after the language: keep only the language
+                out.append("\n".join([fence + lang, *lines[i + 1:end], fence]))
+            i = end + 1
+        out.append(self._protect("\n".join(prose)))
+        return "\n\n".join(out)
+
+    def _slugify(self, value: str, separator: str) -> str:
+        """Heading ids from the LaTeX source, not the random tokens: stable permalinks."""
+        value = re.sub(self.token("m", r"(\d+)"), lambda m: self.stash[int(m[1])][1], value)
+        return slugify(value, separator)
+
+    def _finish(self, fragment: str) -> str:
+        """Replace the tokens: MathML in text, the source in code and in attribute values."""
+        token = re.compile(self.token("m", r"(\d+)"))
+        source = lambda m: html.escape(self.stash[int(m[1])][0])  # noqa: E731
+        plain = lambda m: html.escape(self.stash[int(m[1])][1])  # noqa: E731
+        mathml = lambda m: self.stash[int(m[1])][2]  # noqa: E731
+        out, in_code, pos = [], 0, 0
+        for tag in _TAG_RE.finditer(fragment):
+            out.append(token.sub(source if in_code else mathml, fragment[pos:tag.start()]))
+            out.append(token.sub(plain, tag[0]))
+            if tag[2] in ("code", "pre"):
+                in_code += -1 if tag[1] else 1
+            pos = tag.end()
+        out.append(token.sub(source if in_code else mathml, fragment[pos:]))
+        return "".join(out)
+
+    def render(self, text: str, snippets: bool) -> tuple[str, str]:
+        md = _markdown(self._slugify)
+        body = self._finish(_CLEANER.clean(md.convert(self._source(text, snippets))))
+        toc = self._finish(_CLEANER.clean(md.toc)) if md.toc_tokens else ""
+        return body, toc
