@@ -195,7 +195,8 @@ def _alt_text(figure) -> str:
     return "; ".join(ax.get_title() for ax in figure.axes if ax.get_title())
 
 
-def serve(socket_path: str) -> None:
+def _preload() -> None:
+    """Import and warm what snippets use, once, so every child starts with it in memory."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,83 +205,148 @@ def serve(socket_path: str) -> None:
     import numpy.random  # lazily imported by NumPy otherwise: 8 ms in every child
 
     numpy.random.seed(0)
-
     figure = plt.figure()
     figure.savefig(io.StringIO(), format="svg")  # import the SVG backend and fonts once
     plt.close("all")
     gc.freeze()  # keep the preloaded objects out of the children's collections: no copy-on-write storms
 
+
+def serve(socket_path: str) -> None:
+    """Keep one spare child forked and waiting in accept(), so a run never waits for a fork.
+
+    A child that takes a connection passes a copy of it to the server over `control`; the
+    server forks the next spare, and when the child exits it reports the exit status on that
+    copy, so the client can tell a crash or `os._exit` from a clean finish.
+    """
+    _preload()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(socket_path)
     listener.listen(128)
+    control, child_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    control.setblocking(False)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     selector = selectors.DefaultSelector()
-    selector.register(listener, selectors.EVENT_READ, "accept")
+    selector.register(control, selectors.EVENT_READ, "taken")
     selector.register(wake_r, selectors.EVENT_READ, "reap")
     selector.register(sys.stdin, selectors.EVENT_READ, "stdin")
-    children: dict[int, socket.socket] = {}
+    children: dict[int, socket.socket | None] = {}  # pid -> the connection it took (None: the spare)
+    inherited = lambda: [control.fileno(), wake_r, wake_w, selector.fileno(), sys.stdin.fileno(),  # noqa: E731
+                         *(c.fileno() for c in children.values() if c is not None)]
+    children[_fork_spare(listener, child_control, inherited())] = None
     print("ready", flush=True)
 
     while True:
         for key, _ in selector.select():
-            if key.data == "accept":
-                conn, _ = listener.accept()
-                pid = os.fork()
-                if pid == 0:
-                    _child(conn, listener, selector, children, (wake_r, wake_w))
-                children[pid] = conn
-            elif key.data == "reap":
-                os.read(wake_r, 4096)
-                _reap(children)
-            elif not sys.stdin.buffer.read1(1):
+            if key.data == "stdin" and not sys.stdin.buffer.read1(1):
+                for pid, conn in children.items():
+                    if conn is None:
+                        os.kill(pid, signal.SIGKILL)
                 return
+            if key.data == "reap":
+                os.read(wake_r, 4096)
+            if _take_connections(control, children):  # before reaping: a quick child may already be gone
+                children[_fork_spare(listener, child_control, inherited())] = None
+            if _reap(children):
+                children[_fork_spare(listener, child_control, inherited())] = None
 
 
-def _child(conn, listener, selector, children, wake_fds) -> None:
-    """Become an isolated worker for one answer; never returns."""
+def _take_connections(control: socket.socket, children: dict) -> bool:
+    """Record the connections children took; True if the spare was used up."""
+    taken = False
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(control, 32, 1)
+        except BlockingIOError:
+            return taken
+        children[int(message)] = socket.socket(fileno=fds[0])
+        taken = True
+
+
+def _fork_spare(listener, control, close_fds) -> int:
+    pid = os.fork()
+    if pid == 0:
+        _child(listener, control, close_fds, os.getppid())
+    return pid
+
+
+def _child(listener, control, close_fds, server_pid) -> None:
+    """Wait for one connection, run that answer, exit; never returns."""
     code = 0
     try:
+        _die_with_parent(server_pid)
         os.setsid()  # own process group: the client kills the whole tree on timeout
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
-        selector.close()
-        listener.close()
-        for other in children.values():
-            other.close()
-        for fd in wake_fds:
+        for fd in close_fds:
             os.close(fd)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)  # output below Python's sys.stdout must not reach the server's pipes
         os.dup2(devnull, 2)
+        _warm_up()
+        conn, _ = listener.accept()
+        listener.close()
+        socket.send_fds(control, [str(os.getpid()).encode()], [conn.fileno()])
+        control.close()
         _run_answer(conn)
-    except BaseException:  # noqa: BLE001 - report, never fall back into the server loop
-        traceback.print_exc()
+    except BaseException:  # noqa: BLE001 - never fall back into the server loop
         code = 70
     finally:
         os._exit(code)
 
 
-def _reap(children: dict[int, socket.socket]) -> None:
+def _warm_up() -> None:
+    """Touch, before a request arrives, the memory a run touches: its copy-on-write faults
+    then happen while the spare waits, not while a client does."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    json.loads(json.dumps({"warm": [1.5, "x", None]}))
+    exec(compile("\n" + "pass", "warm.md", "exec"), {"__name__": "__main__"})
+    np.random.seed(0)
+    random.seed(0)
+    plt.get_fignums()
+    show(np.float64(0.5))
+    CappedText(16).write("warm")
+    gc.collect(0)
+
+
+def _die_with_parent(server_pid: int) -> None:
+    """A spare must not outlive its server (Linux: PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != server_pid:
+        os._exit(0)
+
+
+def _reap(children: dict) -> bool:
+    """Report exited children's status to their clients; True if the spare died."""
+    spare_died = False
     while children:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            break
         if pid == 0:
-            return
-        conn = children.pop(pid, None)
+            break
+        if pid not in children:
+            continue
+        conn = children.pop(pid)
         if conn is None:
+            spare_died = True
             continue
         try:
             send_frame(conn, {"exit": status})
         except OSError:
             pass
         conn.close()
+    return spare_died
 
 
 if __name__ == "__main__":
