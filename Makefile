@@ -13,8 +13,9 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
+# Runs answers that have no cached evidence, builds the search index, serves http://127.0.0.1:5000
 run: setup
-	$(PY) -m kb check
+	$(PY) -m flask --app service run --host 127.0.0.1 --port 5000
 
 test: setup
 	$(PY) -m pytest -n auto

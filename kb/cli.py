@@ -9,6 +9,7 @@ import time
 
 from . import evidence as ev
 from .answer import load_answers
+from .authoring import lint, new_answer
 from .checker import check_all, problems
 from .runner import Limits, Runner
 from .store import Store
@@ -27,8 +28,50 @@ def main(argv=None) -> int:
     check.add_argument("--db", default=DEFAULT_DB, help=f"SQLite evidence cache (default: {DEFAULT_DB})")
     check.add_argument("--timeout", type=float, default=Limits.timeout, help="seconds per answer (default: %(default)s)")
     check.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, help="answers run at once (default: %(default)s)")
+    new = commands.add_parser("new", help="write a skeleton answer for a question")
+    new.add_argument("question", help='the question as a learner asks it, e.g. "Why is ReLU better than sigmoid?"')
+    new.add_argument("--dir", default=DEFAULT_ANSWERS, help=f"answers directory (default: {DEFAULT_ANSWERS})")
+    lint = commands.add_parser("lint", help="report one-way or missing links, answers without checks, "
+                                            "figures without alt text, duplicated aliases")
+    lint.add_argument("paths", nargs="*", metavar="PATH", help=f"answer files or directories (default: {DEFAULT_ANSWERS})")
+    lint.add_argument("--db", default=DEFAULT_DB, help=f"SQLite evidence cache (default: {DEFAULT_DB})")
+    build = commands.add_parser("build", help="write the knowledge base as static HTML")
+    build.add_argument("outdir", help="output directory (created; its previous contents are replaced)")
+    build.add_argument("--answers", default=DEFAULT_ANSWERS, help=f"answers directory (default: {DEFAULT_ANSWERS})")
+    build.add_argument("--db", default=DEFAULT_DB, help=f"SQLite evidence cache (default: {DEFAULT_DB})")
     args = parser.parse_args(argv)
-    return cmd_check(args)
+    return {"check": cmd_check, "new": cmd_new, "lint": cmd_lint, "build": cmd_build}[args.command](args)
+
+
+def cmd_new(args) -> int:
+    try:
+        path = new_answer(args.question, args.dir)
+    except (ValueError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}; check it with: python -m kb check {path}")
+    return 0
+
+
+def cmd_lint(args) -> int:
+    answers, errors = load_answers(args.paths or [DEFAULT_ANSWERS])
+    with Runner() as runner:
+        evidence = {a.slug: e for a, e, _ in check_all(answers.values(), runner, Store(args.db))}
+    problems = errors + lint(answers, evidence)
+    for problem in problems:
+        print(problem)
+    print(f"{len(answers)} answer(s), {len(problems)} problem(s)", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def cmd_build(args) -> int:
+    from service.export import build  # the service's pages, written as files
+
+    pages, errors = build(args.answers, args.db, args.outdir)
+    for error in errors:
+        print(error, file=sys.stderr)
+    print(f"wrote {pages} pages to {args.outdir}")
+    return 2 if errors else 0
 
 
 def cmd_check(args) -> int:

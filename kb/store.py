@@ -7,12 +7,9 @@ per thread, so the store can be shared by a threaded server.
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
-import threading
-from pathlib import Path
 
 from . import evidence as ev
+from .database import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS evidence (
@@ -26,20 +23,12 @@ CREATE TABLE IF NOT EXISTS figures (
 
 class Store:
     def __init__(self, path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        with self.connection() as db:
-            db.executescript(SCHEMA)
-
-    def connection(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None or getattr(self._local, "pid", None) != os.getpid():
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db, self._local.pid = db, os.getpid()
-        return db
+        self.database = Database(path)
+        self.connection = self.database.connection
+        with self.database.write() as db:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
 
     def get(self, answer) -> dict | None:
         """Cached evidence for the answer's current code, with lines moved to the current file."""
@@ -57,9 +46,7 @@ class Store:
         """Replace the slug's evidence and figures in one transaction."""
         figures = [(evidence["slug"], f["name"], f.pop("svg"))
                    for s in evidence["snippets"] for f in s["figures"] if "svg" in f]
-        db = self.connection()
-        with db:
-            db.execute("BEGIN IMMEDIATE")
+        with self.database.write() as db:
             db.execute("DELETE FROM figures WHERE slug = ?", (evidence["slug"],))
             db.executemany("INSERT INTO figures VALUES (?, ?, ?)", figures)
             db.execute("INSERT OR REPLACE INTO evidence VALUES (?, ?, ?)",

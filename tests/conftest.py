@@ -1,4 +1,4 @@
-"""Shared helpers: write answer files into a temporary answers/ directory and run the CLI."""
+"""Shared helpers: answer files in a temporary answers/ directory, the CLI, an app over small answers."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from service import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,3 +42,18 @@ def check_json(folder, *args, cwd):
     proc = run_cli("check", folder, "--json", "--db", Path(cwd) / "kb.sqlite3", *args, cwd=cwd)
     evidence = {e["slug"]: e for e in json.loads(proc.stdout)} if proc.stdout.strip() else {}
     return proc, evidence
+
+
+@pytest.fixture
+def small_app(tmp_path):
+    from service_fixtures import write_small_answers
+
+    answers = write_small_answers(tmp_path / "answers")
+    app = create_app({"KB_ANSWERS": str(answers), "KB_DB": str(tmp_path / "kb.sqlite3"), "TESTING": True})
+    yield app
+    app.extensions["kb"].close()
+
+
+@pytest.fixture
+def client(small_app):
+    return small_app.test_client()

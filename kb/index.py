@@ -1,0 +1,303 @@
+"""Full-text search over the answers: SQLite FTS5, porter stemming, BM25 with column weights.
+
+The index lives in the same SQLite file as the evidence cache (`kb.store.Store`), in its own
+tables: `search_fts` (one row per answer, plus empty padding rows, see `PAD_ROWS_PER_ANSWER`)
+and `search_meta` (the schema it was built with and a hash of what was indexed). Like the rest
+of that file it is derived from `answers/` and can be deleted at any time.
+
+`rebuild` is cheap when nothing changed (it compares a hash of the indexed text) and safe when
+several processes call it at once on the same file, as gunicorn workers do at start-up: the
+rebuild is one `BEGIN IMMEDIATE` transaction that re-checks the hash once it holds the write
+lock, so the second worker finds the work done; readers never see a half-built index.
+
+`search` takes free text as a learner types it. It never hands that text to FTS5's query
+syntax: the text is split into words, English function words are dropped, a few synonyms and
+British/American spellings are added, each term is quoted and the terms are OR-ed, so an answer
+that matches only some of them still ranks. The score is BM25 over the whole answer (title and
+aliases weighted most) plus BM25 over its questions alone (title and aliases).
+
+The settings below were chosen by measuring the top-1 rate on `tests/lookup_cases.py`; so was
+what is left out: prefix queries (`"init"*`) cost a look-up or two and are not used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import sqlite3
+
+from .database import Database
+
+log = logging.getLogger(__name__)
+
+# Bump when what is indexed, or how, changes: the next `rebuild` then rebuilds.
+INDEX_VERSION = "1"
+
+COLUMNS = ("title", "aliases", "summary", "tags", "body")       # then slug, UNINDEXED
+# BM25 weight per column. FTS5 adds the weighted hits of a term over the columns before BM25
+# saturates them, so a word said 30 times in the body would count as much as one in the title
+# unless the body's weight is small.
+WEIGHTS = (2.0, 2.0, 1.0, 1.0, 0.3)
+# The answer's questions (title and aliases) are also scored on their own and added, so a query
+# that reads like one of the questions wins even against an answer that uses its words more.
+QUESTION_WEIGHTS = (1.0, 1.0, 0.0, 0.0, 0.0)
+QUESTION_BOOST = 0.5
+# FTS5's bm25() takes a word's IDF as log((N - n + 0.5) / (n + 0.5)), floored at 1e-6: a word in
+# half the rows or more counts for nothing, which in a small knowledge base silences "sigmoid" or
+# "relu" (in most answers about activations). Empty padding rows (slug NULL, they match nothing)
+# make N five times the number of answers, so every word that is not in every answer keeps a
+# weight. Measured on tests/lookup_cases.py (87 phrasings, 18 answers): top-1 0.69 without
+# padding, 0.87 with it.
+PAD_ROWS_PER_ANSWER = 4
+TOKENIZE = "porter unicode61 remove_diacritics 2"
+FTS_SQL = (f"CREATE VIRTUAL TABLE search_fts USING fts5({', '.join(COLUMNS)}, slug UNINDEXED, "
+           f"tokenize = '{TOKENIZE}')")
+META_SQL = "CREATE TABLE IF NOT EXISTS search_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+
+MAX_QUERY_CHARS = 2000  # of a query, the part that is read (a pasted essay is cut short)
+MAX_TERMS = 32          # words of a query that are searched for
+MAX_TERM_CHARS = 40     # longer "words" are not words
+
+# Words that say nothing about which answer is meant, kept as a short explicit list ("not",
+# "without" carry no meaning for a bag-of-words match either). Not "he": He initialisation.
+STOP_WORDS = frozenset("""
+a about after again all also am an and any are as at be because been before being between both
+but by can could did do does doing done during each either else for from get gets getting got
+had has have having her here hers him his how i if in into is it its itself just let lets
+may me might mine more most much must my no nor not of off on once only or other our ours out
+over own really she should so some such than that the their theirs them then there these
+they this those though through to too under until up upon us very vs versus was we were what
+whats when where whether which while who whom whose why will with within without would yes yet
+you your yours s t d ll re ve don doesn didn isn aren wasn weren won wouldn shouldn couldn
+please thanks thank hi hello anyone someone explain explanation understand question
+""".split())
+
+WORD_RE = re.compile(r"[^\W_]+")          # letters and digits, as FTS5's unicode61 sees words
+FENCE_RE = re.compile(r"^(`{3,}|~{3,})[^\n]*\n(.*?)^\1[ \t]*$", re.M | re.S)
+LATEX_COMMAND_RE = re.compile(r"\\([A-Za-z]+)")
+LINK_TARGET_RE = re.compile(r"\]\([^)\s]*\)")
+COMMENT_RE = re.compile(r"#\s?(.*)$", re.M)
+STRING_RE = re.compile(r"([\"'])((?:\\.|(?!\1).)*)\1")
+
+# LaTeX commands that only lay out a formula; other commands are kept as words (\sigma -> sigma).
+LATEX_LAYOUT = frozenset("""
+frac dfrac tfrac left right cdot cdots ldots dots qquad quad mathrm mathbf mathit mathcal
+operatorname text textrm textbf big Big bigg Bigg lVert rVert lvert rvert odot times top
+over sqrt begin end limits nolimits displaystyle hat tilde bar vec partial nabla le leq ge geq
+ne neq approx equiv sim propto to rightarrow leftarrow Rightarrow mapsto in notin infty
+""".split())
+
+# British and American spellings of words a learner may type either way; -ise/-ize is by rule.
+SPELLINGS = {
+    "center": "centre", "centers": "centres", "centered": "centred", "centering": "centring",
+    "behavior": "behaviour", "behaviors": "behaviours", "modeling": "modelling",
+    "modeled": "modelled", "labeled": "labelled", "labeling": "labelling", "gray": "grey",
+}
+SPELLINGS.update({v: k for k, v in SPELLINGS.items()})
+# Words a learner uses for what the answers call otherwise: word(s) -> terms also searched for.
+SYNONYMS = {
+    ("hyperbolic", "tangent"): ["tanh"],
+    ("rectified", "linear"): ["relu"], ("rectifier",): ["relu"], ("rectifiers",): ["relu"],
+    ("logistic", "function"): ["sigmoid"], ("logistic", "activation"): ["sigmoid"],
+    ("neuron",): ["unit"], ("neurons",): ["units"], ("net",): ["network"], ("nets",): ["networks"],
+    ("nn",): ["neural", "network"], ("backprop",): ["backpropagation"],
+    ("init",): ["initialization"], ("lr",): ["learning", "rate"],
+    ("xavier",): ["glorot"], ("glorot",): ["xavier"], ("dead",): ["dying", "die"],
+}
+IZE_RE = re.compile(r"^(\w{3,}?)(i|y)([sz])(e|ed|es|ing|ation|ations|er|ers)$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Text preparation
+
+
+def clean_body(markdown: str) -> str:
+    """The words of an answer's body: prose, words from formulas, code comments and strings.
+
+    Formulas keep their symbols' names (`\\sigma` becomes `sigma`, `\\varepsilon` `epsilon`)
+    but lose layout commands (`\\frac`, `\\left`...). Of a code fence only the comments and
+    string literals are kept (the claims of `check(...)`, plot titles): identifiers such as `np`,
+    `dZ`, `rng` would make every answer look alike. (Measured: keeping all code, none, or only
+    comments and strings changes the look-up rate by about one phrasing in 80.)
+    """
+    def code(match):
+        text = match.group(2)
+        return "\n".join(COMMENT_RE.findall(text) + [s[1] for s in STRING_RE.findall(text)]) + "\n"
+
+    def command(match):
+        name = match.group(1)
+        if name in LATEX_LAYOUT:
+            return " "
+        return f" {name[3:] if name.startswith('var') else name} "
+
+    text = FENCE_RE.sub(code, markdown)
+    text = LATEX_COMMAND_RE.sub(command, text)       # backslashes are in formulas, in prose
+    return LINK_TARGET_RE.sub("]", text)
+
+
+def document(answer) -> tuple[str, ...]:
+    """The row indexed for an answer: the columns of `COLUMNS`, then the slug."""
+    return (answer.title, "\n".join(answer.aliases), answer.summary,
+            "\n".join(answer.tags), clean_body(answer.body), answer.slug)
+
+
+def padding(rows) -> list[tuple]:
+    """The empty rows that keep BM25's IDF positive (see `PAD_ROWS_PER_ANSWER`)."""
+    return [("",) * len(COLUMNS) + (None,)] * (PAD_ROWS_PER_ANSWER * len(rows))
+
+
+def content_hash(answers) -> str:
+    """A hash of what is indexed and of how (answers sorted by slug): equal hashes, no rebuild.
+
+    It covers the fields as written, not as cleaned, so that an unchanged knowledge base is
+    recognised without cleaning every body: bump `INDEX_VERSION` when `clean_body` changes.
+    """
+    fields = [[a.slug, a.title, a.aliases, a.summary, a.tags, a.body] for a in answers]
+    settings = [INDEX_VERSION, FTS_SQL, PAD_ROWS_PER_ANSWER]
+    return hashlib.sha256(json.dumps([settings, fields], ensure_ascii=False).encode()).hexdigest()
+
+
+def _spellings(word: str) -> list[str]:
+    """The word and its other spelling (centered/centred, normalize/normalise...)."""
+    out = [word]
+    if word in SPELLINGS:
+        out.append(SPELLINGS[word])
+    match = IZE_RE.match(word)
+    if match:
+        stem, vowel, letter, ending = match.groups()
+        out.append(f"{stem}{vowel}{'s' if letter == 'z' else 'z'}{ending}")
+    return out
+
+
+def query_terms(query) -> list[str]:
+    """The words of a free-text query worth searching for, lowercased, with synonyms, in order."""
+    if not isinstance(query, str):
+        query = "" if query is None else str(query)
+    words = WORD_RE.findall(query[:MAX_QUERY_CHARS].casefold())
+    terms: list[str] = []
+
+    def add(word):
+        if (word not in STOP_WORDS and len(word) <= MAX_TERM_CHARS and word not in terms
+                and len(terms) < MAX_TERMS):
+            terms.append(word)
+
+    for i, word in enumerate(words):
+        add(word)
+        for key in ((word,), tuple(words[i:i + 2])):
+            for synonym in SYNONYMS.get(key, ()):
+                add(synonym)
+    return terms
+
+
+def match_expression(query) -> str | None:
+    """A safe FTS5 query for free text: each term quoted (plus spelling variants), OR-ed.
+
+    Every term is a quoted FTS5 string, so nothing the learner types (quotes, parentheses,
+    AND/OR/NOT/NEAR, *, -, ^, column filters) is read as query syntax. None if no term is left.
+    """
+    phrases = []
+    for term in query_terms(query):
+        for spelling in _spellings(term):
+            phrase = '"' + spelling.replace('"', '""') + '"'
+            if phrase not in phrases:
+                phrases.append(phrase)
+    return " OR ".join(phrases) or None
+
+
+# ---------------------------------------------------------------------------------------------
+# The index
+
+
+class SearchIndex:
+    """The FTS5 index of the answers, in the SQLite file at `db_path` (shared with `Store`)."""
+
+    def __init__(self, db_path):
+        self.database = Database(db_path)
+        self.connection = self.database.connection
+        if not self._schema_current(self.connection()):
+            with self.database.write() as db:
+                self._ensure_schema(db)
+
+    @staticmethod
+    def _meta(db: sqlite3.Connection, key: str) -> str | None:
+        try:
+            row = db.execute("SELECT value FROM search_meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.OperationalError:        # no such table: a new file
+            return None
+        return row[0] if row else None
+
+    def _schema_current(self, db) -> bool:
+        return self._meta(db, "schema") == FTS_SQL
+
+    def _ensure_schema(self, db) -> None:
+        """Inside a write transaction: (re)create the tables if they are missing or outdated."""
+        if self._schema_current(db):
+            return
+        db.execute(META_SQL)
+        db.execute("DROP TABLE IF EXISTS search_fts")
+        db.execute(FTS_SQL)
+        db.execute("DELETE FROM search_meta")
+        db.execute("INSERT INTO search_meta VALUES ('schema', ?)", (FTS_SQL,))
+
+    def rebuild(self, answers) -> bool:
+        """Index exactly these answers, unless the index already holds them; True if it rebuilt.
+
+        Several processes may call this at once on the same file: the first to get the write
+        lock rebuilds, the others then find the hash up to date and return False.
+        """
+        by_slug = {answer.slug: answer for answer in answers}
+        answers = [by_slug[slug] for slug in sorted(by_slug)]
+        digest = content_hash(answers)
+        db = self.connection()
+        if self._meta(db, "hash") == digest:
+            return False
+        insert = (f"INSERT INTO search_fts ({', '.join(COLUMNS)}, slug) "
+                  f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})")
+        with self.database.write():
+            self._ensure_schema(db)
+            if self._meta(db, "hash") == digest:      # another process rebuilt it meanwhile
+                return False
+            rows = [document(answer) for answer in answers]
+            db.execute("DELETE FROM search_fts")
+            db.executemany(insert, rows + padding(rows))
+            db.execute("INSERT INTO search_fts (search_fts) VALUES ('optimize')")
+            db.execute("INSERT OR REPLACE INTO search_meta VALUES ('hash', ?)", (digest,))
+        return True
+
+    def search(self, query: str, limit: int = 5) -> list[dict]:
+        """The best answers for free text, best first: [{"slug", "title", "summary", "score"}].
+
+        `score` is positive, higher is better: BM25 over the whole answer plus BM25 over its
+        questions (FTS5's bm25() is negative, better is lower, so both are negated). Never
+        raises, whatever the query; a query without a searchable word gives [].
+        """
+        try:
+            limit = max(0, min(int(limit), 1_000_000))
+        except (TypeError, ValueError, OverflowError):
+            limit = 5
+        expression = match_expression(query)
+        if expression is None or limit == 0:
+            return []
+        weights = ", ".join(map(str, WEIGHTS))
+        question_weights = ", ".join(map(str, QUESTION_WEIGHTS))
+        sql = (f"SELECT slug, title, summary, -bm25(search_fts, {weights}) "
+               f"- {QUESTION_BOOST} * bm25(search_fts, {question_weights}) AS score "
+               f"FROM search_fts WHERE search_fts MATCH ? AND slug IS NOT NULL "
+               f"ORDER BY score DESC, slug LIMIT ?")
+        try:
+            rows = self.connection().execute(sql, (expression, limit)).fetchall()
+        except sqlite3.Error:
+            log.exception("search failed for the FTS5 query %r", expression[:200])
+            return []
+        return [{"slug": slug, "title": title, "summary": summary, "score": score}
+                for slug, title, summary, score in rows]
+
+    def count(self) -> int:
+        """The number of answers in the index."""
+        try:
+            return self.connection().execute(
+                "SELECT count(*) FROM search_fts WHERE slug IS NOT NULL").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0

@@ -1,0 +1,84 @@
+"""The knowledge base as a running service sees it: answers, their evidence, their index.
+
+One object per process. It reloads `answers/` when a file changes (checked at most once a
+second, by file names, sizes and modification times), keeps the search index in step, and
+reads or produces evidence through the cache. The service and the static export both use it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from . import evidence as ev
+from .answer import load_answers
+from .checker import check_all, evidence_for
+from .index import SearchIndex
+from .runner import Limits, Runner
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Library:
+    def __init__(self, answers_dir, db_path, limits: Limits | None = None, watch_interval: float = 1.0):
+        self.answers_dir = Path(answers_dir)
+        self.store = Store(db_path)
+        self.index = SearchIndex(db_path)
+        self.limits = limits or Limits()
+        self.watch_interval = watch_interval
+        self.answers, self.errors = {}, []
+        self.generation = 0  # bumps on every reload: a cheap key for caches derived from answers
+        self._runner: Runner | None = None
+        self._lock = threading.Lock()
+        self._snapshot, self._checked = None, 0.0
+        self.refresh(force=True)
+
+    @property
+    def runner(self) -> Runner:
+        with self._lock:
+            if self._runner is None:
+                self._runner = Runner(self.limits)
+            return self._runner
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+
+    def _files(self):
+        return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in self.answers_dir.glob("*.md")))
+
+    def refresh(self, force: bool = False) -> bool:
+        """Reload the answers if a file changed; return True if it reloaded."""
+        now = time.monotonic()
+        if not force and now - self._checked < self.watch_interval:
+            return False
+        with self._lock:
+            self._checked = now
+            snapshot = self._files()
+            if snapshot == self._snapshot and not force:
+                return False
+            answers, errors = load_answers([self.answers_dir])
+            self.index.rebuild(answers.values())
+            self.answers, self.errors, self._snapshot = answers, errors, snapshot
+            self.generation += 1
+        for error in errors:
+            log.warning("%s", error)
+        return True
+
+    def evidence(self, answer) -> dict:
+        """The cached evidence for the answer's current code, or a `pending` record."""
+        return self.store.get(answer) or ev.pending(answer)
+
+    def run(self, answer) -> dict:
+        """Run the answer now (ignoring the cache) and store the fresh evidence."""
+        evidence, _ = evidence_for(answer, self.runner, self.store, use_cache=False)
+        return evidence
+
+    def run_missing(self, jobs: int = 2) -> int:
+        """Run the answers that have no cached evidence for their current code; return how many ran."""
+        missing = [a for a in self.answers.values() if self.store.get(a) is None]
+        for answer, evidence, _ in check_all(missing, self.runner, self.store, jobs=jobs):
+            log.info("ran %s: %s", answer.slug, evidence["status"])
+        return len(missing)

@@ -1,0 +1,69 @@
+"""The Flask service: HTML pages for people and a JSON API for programs, over one Library.
+
+`create_app(config)` follows Flask's app-factory habit. Configuration (keys or environment):
+KB_ANSWERS (answers directory), KB_DB (SQLite file), KB_TIMEOUT (seconds per answer run),
+KB_MAX_RUNS (re-runs at once per process), KB_RUN_MISSING (run uncached answers at start-up).
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from flask import Flask, request
+
+from kb.library import Library
+from kb.runner import Limits
+
+from .api import api
+from .pages import pages
+from .problems import register_error_handlers
+
+DEFAULTS = {
+    "KB_ANSWERS": "answers",
+    "KB_DB": ".kb/kb.sqlite3",
+    "KB_TIMEOUT": Limits.timeout,
+    "KB_MAX_RUNS": 2,
+    "KB_RUN_MISSING": True,
+    "KB_STATIC": False,
+}
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+def create_app(config: dict | None = None) -> Flask:
+    app = Flask(__name__)
+    for key, default in DEFAULTS.items():
+        value = os.environ.get(key, default)
+        app.config[key] = type(default)(value) if not isinstance(default, bool) else str(value).lower() in ("1", "true", "yes")
+    app.config.update(config or {})
+    app.json.sort_keys = False
+    app.json.ensure_ascii = False
+
+    library = Library(app.config["KB_ANSWERS"], app.config["KB_DB"], Limits(timeout=float(app.config["KB_TIMEOUT"])))
+    if app.config["KB_RUN_MISSING"]:
+        library.run_missing()
+    app.extensions["kb"] = library
+    app.extensions["kb_runs"] = threading.BoundedSemaphore(int(app.config["KB_MAX_RUNS"]))
+
+    app.register_blueprint(pages)
+    app.register_blueprint(api)
+    register_error_handlers(app)
+
+    @app.before_request
+    def notice_edited_answers():
+        library.refresh()
+
+    @app.after_request
+    def harden(response):
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+        if request.method in ("GET", "HEAD") and response.status_code == 200 and not response.is_streamed:
+            response.add_etag()
+            response = response.make_conditional(request)
+        return response
+
+    return app

@@ -1,0 +1,84 @@
+"""The JSON API (`/api/…`, `/healthz`): the machine twin of every HTML page."""
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, Response, abort, jsonify, request, url_for
+
+from kb.render import highlight_python, render_answer
+
+from .knowledge import answer_or_404, library, listing, public_evidence, run_slot
+from .openapi import spec
+
+api = Blueprint("api", __name__)
+FIGURE_NAME = r"\d+-\d+\.svg"
+
+
+@api.get("/healthz")
+def healthz():
+    return jsonify(status="ok", answers=len(library().answers))
+
+
+@api.get("/api/answers")
+def answers():
+    lib = library()
+    tag = request.args.get("tag")
+    chosen = [a for a in sorted(lib.answers.values(), key=lambda a: a.title) if tag is None or tag in a.tags]
+    return jsonify(answers=[listing(a, lib.evidence(a)) for a in chosen])
+
+
+@api.get("/api/answers/<slug>")
+def answer(slug):
+    found = answer_or_404(slug)
+    return jsonify(slug=found.slug, title=found.title, summary=found.summary, tags=found.tags,
+                   aliases=found.aliases, related=found.related, sources=found.sources,
+                   html=body_html(found), evidence=public_evidence(library().evidence(found)))
+
+
+def body_html(answer) -> str:
+    """The rendered answer with its snippets' code in place (evidence is in `evidence`)."""
+    snippets = {s.index: s for s in answer.snippets}
+    return "".join(value if kind == "html" else highlight_python(snippets[value].code)
+                   for kind, value in render_answer(answer).parts)
+
+
+@api.get("/api/answers/<slug>/evidence")
+def evidence(slug):
+    return jsonify(public_evidence(library().evidence(answer_or_404(slug))))
+
+
+@api.post("/api/answers/<slug>/run")
+def run(slug):
+    found = answer_or_404(slug)
+    with run_slot():
+        fresh = library().run(found)
+    return jsonify(public_evidence(fresh))
+
+
+@api.get("/api/answers/<slug>/figures/<name>")
+def figure(slug, name):
+    found = answer_or_404(slug)
+    svg = library().store.figure(found.slug, name) if re.fullmatch(FIGURE_NAME, name) else None
+    if svg is None:
+        abort(404, f"Answer '{slug}' has no figure named '{name}'.")
+    return Response(svg, mimetype="image/svg+xml")
+
+
+@api.get("/api/search")
+def search():
+    query = request.args.get("q", "").strip()
+    if not query:
+        abort(400, "Give a question in the 'q' parameter, e.g. /api/search?q=why+average+dW.")
+    raw_limit = request.args.get("limit", "5")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 50:
+        abort(400, "'limit' must be a whole number from 1 to 50.")
+    return jsonify(query=query, results=search_results(query, int(raw_limit)))
+
+
+def search_results(query: str, limit: int) -> list[dict]:
+    return [{**hit, "url": url_for("pages.answer", slug=hit["slug"])} for hit in library().index.search(query, limit)]
+
+
+@api.get("/api/openapi.json")
+def openapi():
+    return jsonify(spec())

@@ -1,0 +1,51 @@
+"""What both blueprints need from the knowledge base: look-ups, evidence URLs, run slots."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from flask import abort, current_app, url_for
+from werkzeug.exceptions import TooManyRequests
+
+from kb import evidence as ev
+from kb.answer import SLUG_RE
+from kb.library import Library
+
+RETRY_AFTER_S = 5
+
+
+def library() -> Library:
+    return current_app.extensions["kb"]
+
+
+def answer_or_404(slug: str):
+    """The answer for a slug; anything outside [a-z0-9-] is a 404 without touching the disk."""
+    answer = library().answers.get(slug) if SLUG_RE.fullmatch(slug) else None
+    if answer is None:
+        abort(404, f"There is no answer named '{slug}'.")
+    return answer
+
+
+def figure_url(slug: str, name: str) -> str:
+    return url_for("api.figure", slug=slug, name=name)
+
+
+def public_evidence(evidence: dict) -> dict:
+    return ev.public(evidence, figure_url)
+
+
+def listing(answer, evidence: dict) -> dict:
+    return {"slug": answer.slug, "title": answer.title, "summary": answer.summary, "tags": answer.tags,
+            "status": evidence["status"], "url": url_for("pages.answer", slug=answer.slug)}
+
+
+@contextmanager
+def run_slot():
+    """Hold one of the bounded re-run slots, or answer 429 with Retry-After."""
+    slots = current_app.extensions["kb_runs"]
+    if not slots.acquire(blocking=False):
+        raise TooManyRequests("Too many answers are being re-run right now; try again shortly.",
+                              retry_after=RETRY_AFTER_S)
+    try:
+        yield
+    finally:
+        slots.release()

@@ -1,0 +1,149 @@
+"""The OpenAPI 3.1 description of the JSON API; tests hold the real responses to it."""
+from __future__ import annotations
+
+STRING_LIST = {"type": "array", "items": {"type": "string"}}
+NULLABLE_NUMBER = {"type": ["number", "null"]}
+
+SCHEMAS = {
+    "Problem": {
+        "type": "object", "required": ["type", "title", "status", "detail"],
+        "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                       "status": {"type": "integer"}, "detail": {"type": "string"}},
+    },
+    "Health": {
+        "type": "object", "required": ["status", "answers"], "additionalProperties": False,
+        "properties": {"status": {"const": "ok"}, "answers": {"type": "integer", "minimum": 0}},
+    },
+    "AnswerListing": {
+        "type": "object", "required": ["slug", "title", "summary", "tags", "status", "url"],
+        "additionalProperties": False,
+        "properties": {"slug": {"type": "string", "pattern": "^[a-z0-9]+(-[a-z0-9]+)*$"},
+                       "title": {"type": "string"}, "summary": {"type": "string"}, "tags": STRING_LIST,
+                       "status": {"$ref": "#/components/schemas/Status"}, "url": {"type": "string"}},
+    },
+    "AnswerList": {
+        "type": "object", "required": ["answers"], "additionalProperties": False,
+        "properties": {"answers": {"type": "array", "items": {"$ref": "#/components/schemas/AnswerListing"}}},
+    },
+    "Status": {"enum": ["passed", "failed", "error", "timeout", "pending"]},
+    "Check": {
+        "type": "object", "required": ["claim", "passed", "value", "line"], "additionalProperties": False,
+        "properties": {"claim": {"type": "string"}, "passed": {"type": "boolean"},
+                       "value": {"type": ["string", "null"]}, "line": {"type": ["integer", "null"]}},
+    },
+    "SnippetError": {
+        "type": ["object", "null"], "required": ["type", "message", "line"],
+        "properties": {"type": {"type": "string"}, "message": {"type": "string"},
+                       "line": {"type": ["integer", "null"]}, "traceback": {"type": ["string", "null"]}},
+    },
+    "Snippet": {
+        "type": "object",
+        "required": ["index", "line", "code", "status", "stdout", "stderr", "truncated", "duration_ms",
+                     "error", "figures", "figure_alts", "checks", "attrs"],
+        "additionalProperties": False,
+        "properties": {
+            "index": {"type": "integer"}, "line": {"type": "integer"}, "code": {"type": "string"},
+            "status": {"enum": ["passed", "failed", "error", "timeout", "skipped", "norun"]},
+            "stdout": {"type": "string"}, "stderr": {"type": "string"}, "truncated": {"type": "boolean"},
+            "duration_ms": NULLABLE_NUMBER, "error": {"$ref": "#/components/schemas/SnippetError"},
+            "figures": {"type": "array", "items": {"type": "string"}, "description": "URLs of SVG figures"},
+            "figure_alts": STRING_LIST, "checks": {"type": "array", "items": {"$ref": "#/components/schemas/Check"}},
+            "attrs": STRING_LIST,
+        },
+    },
+    "Evidence": {
+        "type": "object", "required": ["slug", "status", "ran_at", "duration_ms", "environment", "snippets"],
+        "additionalProperties": False,
+        "properties": {
+            "slug": {"type": "string"}, "status": {"$ref": "#/components/schemas/Status"},
+            "ran_at": {"type": ["string", "null"], "format": "date-time"}, "duration_ms": NULLABLE_NUMBER,
+            "environment": {"type": "object", "required": ["python", "numpy"],
+                            "properties": {"python": {"type": "string"}, "numpy": {"type": "string"}}},
+            "snippets": {"type": "array", "items": {"$ref": "#/components/schemas/Snippet"}},
+        },
+    },
+    "Answer": {
+        "type": "object",
+        "required": ["slug", "title", "summary", "tags", "aliases", "related", "sources", "html", "evidence"],
+        "additionalProperties": False,
+        "properties": {"slug": {"type": "string"}, "title": {"type": "string"}, "summary": {"type": "string"},
+                       "tags": STRING_LIST, "aliases": STRING_LIST, "related": STRING_LIST, "sources": STRING_LIST,
+                       "html": {"type": "string"}, "evidence": {"$ref": "#/components/schemas/Evidence"}},
+    },
+    "SearchResults": {
+        "type": "object", "required": ["query", "results"], "additionalProperties": False,
+        "properties": {
+            "query": {"type": "string"},
+            "results": {"type": "array", "items": {
+                "type": "object", "required": ["slug", "title", "summary", "score", "url"], "additionalProperties": False,
+                "properties": {"slug": {"type": "string"}, "title": {"type": "string"}, "summary": {"type": "string"},
+                               "score": {"type": "number"}, "url": {"type": "string"}}}},
+        },
+    },
+}
+
+
+def _json(schema: str, description: str, media: str = "application/json") -> dict:
+    return {"description": description, "content": {media: {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+def _problem(description: str, headers: dict | None = None) -> dict:
+    response = _json("Problem", description, "application/problem+json")
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+SLUG = {"name": "slug", "in": "path", "required": True, "schema": {"type": "string"}}
+NOT_FOUND = _problem("No answer with this slug")
+NOT_MODIFIED = {"description": "Not modified (If-None-Match matched the ETag)"}
+
+
+def spec() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "kb: executable answers about neural-network fundamentals", "version": "1.0.0",
+                 "description": "Answers whose claims are checked by running NumPy snippets. "
+                                "GET responses carry an ETag and honour If-None-Match."},
+        "paths": {
+            "/healthz": {"get": {"operationId": "health", "responses": {"200": _json("Health", "Service is up")}}},
+            "/api/answers": {"get": {
+                "operationId": "listAnswers",
+                "parameters": [{"name": "tag", "in": "query", "required": False, "schema": {"type": "string"}}],
+                "responses": {"200": _json("AnswerList", "Every answer, by title"), "304": NOT_MODIFIED}}},
+            "/api/answers/{slug}": {"get": {
+                "operationId": "getAnswer", "parameters": [SLUG],
+                "responses": {"200": _json("Answer", "The answer with its evidence"), "304": NOT_MODIFIED,
+                              "404": NOT_FOUND}}},
+            "/api/answers/{slug}/evidence": {"get": {
+                "operationId": "getEvidence", "parameters": [SLUG],
+                "responses": {"200": _json("Evidence", "The answer's latest evidence"), "304": NOT_MODIFIED,
+                              "404": NOT_FOUND}}},
+            "/api/answers/{slug}/run": {"post": {
+                "operationId": "runAnswer", "parameters": [SLUG],
+                "responses": {
+                    "200": _json("Evidence", "Fresh evidence from running the answer now"),
+                    "404": NOT_FOUND,
+                    "429": _problem("Too many runs at once", {"Retry-After": {
+                        "description": "Seconds to wait", "schema": {"type": "integer"}}}),
+                }}},
+            "/api/answers/{slug}/figures/{name}": {"get": {
+                "operationId": "getFigure",
+                "parameters": [SLUG, {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "An SVG figure",
+                                      "content": {"image/svg+xml": {"schema": {"type": "string"}}}},
+                              "304": NOT_MODIFIED, "404": _problem("No such answer or figure")}}},
+            "/api/search": {"get": {
+                "operationId": "search",
+                "parameters": [
+                    {"name": "q", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1},
+                     "description": "A question in free text"},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5}}],
+                "responses": {"200": _json("SearchResults", "Answers best first"), "304": NOT_MODIFIED,
+                              "400": _problem("Missing or empty q, or limit out of range")}}},
+            "/api/openapi.json": {"get": {"operationId": "openapi", "responses": {
+                "200": {"description": "This document", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        },
+        "components": {"schemas": SCHEMAS},
+    }

@@ -1,0 +1,366 @@
+"""Search (`kb.index.SearchIndex`): does a learner's question find the right answer?
+
+The look-up rate is measured on the real `answers/` with the phrasings of `lookup_cases.py`;
+the other tests use synthetic answers, so they hold whatever the knowledge base contains.
+Run `pytest tests/test_lookup.py -q -s` to see the measured rate and the misses.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kb.answer import Answer, load_answers
+from kb.index import PAD_ROWS_PER_ANSWER, WORD_RE, SearchIndex
+from kb.store import Store
+from lookup_cases import CASES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Share of the phrasings whose first hit is the expected answer. Measured 0.95 with 12 answers
+# and 0.87 (76 of 87) with 18: each new answer competes for some phrasings, sometimes rightly
+# (then re-point the phrasing to it). Kept at 0.8 so that one new answer does not fail the build;
+# raise it when the measured rate goes up.
+TOP1_THRESHOLD = 0.8
+CORE_SLUGS = ("gradient-averaging", "relu-vs-sigmoid", "tanh-vs-sigmoid")
+
+
+def answer(slug, title, summary="A short summary.", body="", aliases=(), tags=()) -> Answer:
+    """A synthetic answer, as `kb.answer.parse_answer` would return it."""
+    return Answer(slug=slug, path=f"answers/{slug}.md", title=title, summary=summary, body=body,
+                  body_line=1, snippets=[], aliases=list(aliases), tags=list(tags))
+
+
+SYNTHETIC = [
+    answer("dropout", "How does dropout regularise a network?",
+           summary="Dropout zeroes random units during training so no unit can rely on another.",
+           body="Inverted dropout divides by keep_prob so the expected activation is unchanged.",
+           aliases=["What is keep_prob?"], tags=["regularization"]),
+    answer("adam", "What does the Adam optimiser do?",
+           summary="Adam combines momentum with RMSprop and corrects the bias of both averages.",
+           body="The first moment is an exponentially weighted average of the gradients.",
+           aliases=["Why does Adam need bias correction?"], tags=["optimization"]),
+    answer("batch-norm", "Why does batch normalisation speed up training?",
+           summary="It normalises each layer's pre-activations over the mini-batch.",
+           body="With $\\gamma$ and $\\beta$ the network can undo the normalisation: "
+                "$\\tilde{z} = \\gamma \\frac{z - \\mu}{\\sqrt{\\sigma^2 + \\varepsilon}} + \\beta$.\n\n"
+                "```python\nrng = np.random.default_rng(0)  # a seeded generator\n"
+                "check(\"the normalised batch has zero mean\", True)\n```\n",
+           aliases=["What are gamma and beta in batch norm?"], tags=["optimization"]),
+    answer("learning-rate", "How do I choose the learning rate?",
+           summary="Try values on a log scale and watch the cost.",
+           body="Too large a learning rate makes the cost diverge; too small and training crawls.",
+           tags=["optimization"]),
+]
+
+
+def rows_per_slug(db_path) -> dict:
+    with sqlite3.connect(db_path) as db:
+        return dict(db.execute("SELECT slug, count(*) FROM search_fts WHERE slug IS NOT NULL GROUP BY slug"))
+
+
+def normalised(text: str) -> str:
+    return " ".join(WORD_RE.findall(text.casefold()))
+
+
+@pytest.fixture
+def index(tmp_path):
+    idx = SearchIndex(tmp_path / "kb.sqlite3")
+    idx.rebuild(SYNTHETIC)
+    return idx
+
+
+@pytest.fixture(scope="module")
+def real_answers():
+    answers, errors = load_answers([ROOT / "answers"])
+    for error in errors:
+        print(f"(not indexed: {error})")
+    return answers
+
+
+# --- the test data ------------------------------------------------------------------------------
+
+
+def test_cases_are_well_formed():
+    phrasings = [normalised(q) for q, _ in CASES]
+    assert len(phrasings) == len(set(phrasings)), "a phrasing is listed twice"
+    for slug in CORE_SLUGS:
+        assert sum(s == slug for _, s in CASES) >= 12, f"fewer than 12 phrasings for {slug}"
+    for _, slug in CASES:
+        assert (ROOT / "answers" / f"{slug}.md").is_file(), f"no answers/{slug}.md"
+
+
+def test_no_phrasing_copies_a_title_or_alias(real_answers):
+    questions = {normalised(q): a.slug for a in real_answers.values() for q in [a.title, *a.aliases]}
+    copied = [(q, questions[normalised(q)]) for q, _ in CASES if normalised(q) in questions]
+    assert not copied, f"phrasings copied from an answer's title or aliases: {copied}"
+
+
+# --- look-up quality on the real answers ------------------------------------------------------
+
+
+def test_top1_rate_on_the_real_answers(tmp_path, real_answers):
+    for slug in CORE_SLUGS:
+        assert slug in real_answers, f"answers/{slug}.md did not load"
+    idx = SearchIndex(tmp_path / "kb.sqlite3")
+    assert idx.rebuild(real_answers.values())
+    cases = [(q, slug) for q, slug in CASES if slug in real_answers]
+    skipped = len(CASES) - len(cases)
+    misses = []
+    for query, slug in cases:
+        hits = idx.search(query, limit=3)
+        if not hits or hits[0]["slug"] != slug:
+            misses.append((query, slug, [(h["slug"], round(h["score"], 2)) for h in hits]))
+    rate = 1 - len(misses) / len(cases)
+    print(f"\ntop-1 rate {rate:.3f}: {len(cases) - len(misses)} of {len(cases)} phrasings, "
+          f"{len(real_answers)} answers ({skipped} phrasings skipped: their answer did not load)")
+    for query, slug, hits in misses:
+        print(f"  miss: {query!r} expected {slug}, got {hits}")
+    assert rate >= TOP1_THRESHOLD, f"top-1 rate {rate:.3f} < {TOP1_THRESHOLD}; misses: {misses}"
+
+
+# --- ranking on synthetic answers ---------------------------------------------------------------
+
+
+def test_results_have_the_api_shape_best_first(index):
+    hits = index.search("adam optimiser momentum", limit=10)
+    assert hits and hits[0]["slug"] == "adam"
+    for hit in hits:
+        assert set(hit) == {"slug", "title", "summary", "score"}
+        assert isinstance(hit["score"], float) and hit["score"] > 0
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert hits[0]["title"] == "What does the Adam optimiser do?"
+    assert hits[0]["summary"].startswith("Adam combines momentum")
+
+
+@pytest.mark.parametrize("query, slug", [
+    ("keep_prob", "dropout"),                              # alias, split like FTS5 splits it
+    ("regularize with dropout", "dropout"),                # American spelling of "regularise"
+    ("batch normalization", "batch-norm"),                 # -ization finds -isation
+    ("normalising the batches", "batch-norm"),             # porter: normalising ~ normalise
+    ("bias corrected moments", "adam"),                    # stemmed words of the alias and body
+    ("gamma beta", "batch-norm"),                          # words of a formula are indexed
+    ("what learning rate should I pick", "learning-rate"),
+    ("ADAM", "adam"),
+])
+def test_synthetic_lookups(index, query, slug):
+    assert index.search(query)[0]["slug"] == slug
+
+
+def test_the_title_outranks_the_body(tmp_path):
+    idx = SearchIndex(tmp_path / "kb.sqlite3")
+    idx.rebuild([
+        answer("body-only", "Why average the gradient?", body="momentum " * 40),
+        answer("title", "What is momentum?", body="An average of past gradients."),
+        answer("other", "What is dropout?"),
+    ])
+    assert [h["slug"] for h in idx.search("momentum")] == ["title", "body-only"]
+
+
+def test_a_word_found_in_most_answers_still_counts(tmp_path):
+    # Without padding rows, FTS5 gives "sigmoid" (in 3 of 4 answers) an IDF of ~0 and the
+    # ranking of "sigmoid slope" would depend on "slope" alone.
+    idx = SearchIndex(tmp_path / "kb.sqlite3")
+    idx.rebuild([
+        answer("sigmoid", "Why is the sigmoid's slope at most 1/4?"),
+        answer("relu", "Why is ReLU better than sigmoid?", body="The slope of ReLU is 1."),
+        answer("tanh", "Why is tanh better than sigmoid?", body="tanh has a larger slope at 0."),
+        answer("other", "What is dropout?"),
+    ])
+    hits = idx.search("sigmoid slope")
+    assert hits[0]["slug"] == "sigmoid" and hits[0]["score"] > 1.5 * hits[1]["score"]
+    assert idx.search("sigmoid")[-1]["score"] > 0.1
+
+
+def test_markup_and_code_identifiers_are_not_indexed(index):
+    assert index.search("frac sqrt tilde") == []           # LaTeX layout commands
+    assert index.search("epsilon")[0]["slug"] == "batch-norm"   # from \varepsilon
+    assert index.search("rng default_rng") == []          # code, apart from comments and strings
+    assert index.search("seeded generator")[0]["slug"] == "batch-norm"     # a code comment
+    assert index.search("normalised batch zero mean")[0]["slug"] == "batch-norm"  # a check claim
+
+
+# --- hostile and degenerate queries -------------------------------------------------------------
+
+
+HOSTILE = ['"', '""', "'", 'NEAR(', "NEAR(adam dropout, 2)", "a AND", "AND", "OR OR", "NOT", "NOT adam",
+           "*", "adam*", "-", "-adam", "^x", "^", "(", ")))", "{title}: adam", "title:adam", "adam:",
+           "a + b", "dropout\x00", "\ud800 adam", "σ′(z) ≤ ¼", "naïve café", "🤖 adam 🚀", "🤖",
+           "x" * 10_000, "adam " * 2_000, "why " * 5_000, "\n\t\r", "SELECT * FROM search_fts; --",
+           "'; DROP TABLE search_fts; --", "%", "_", "\\", "ADAM NEAR/3 momentum", None, 42]
+
+
+@pytest.mark.parametrize("query", HOSTILE, ids=lambda q: repr(q)[:30])
+def test_hostile_queries_do_not_raise(index, query):
+    hits = index.search(query, limit=5)
+    assert isinstance(hits, list) and len(hits) <= 5
+    assert all(h["score"] > 0 for h in hits)
+    assert index.count() == len(SYNTHETIC)               # and the table is still there
+
+
+@pytest.mark.parametrize("query", ['"adam', 'adam"', "NOT adam", "adam*", "(adam)", "adam:",
+                                   "🤖 adam 🚀"])
+def test_query_syntax_characters_are_taken_as_text(index, query):
+    assert index.search(query)[0]["slug"] == "adam"
+
+
+@pytest.mark.parametrize("query", ["", "   ", "why is the", "What is it and how do we do it?", "?!", "🤖"])
+def test_a_query_without_searchable_words_finds_nothing(index, query):
+    assert index.search(query) == []
+
+
+def test_limit_is_respected(index):
+    everything = index.search("adam dropout batch learning rate", limit=50)
+    assert len(everything) == 4
+    assert [h["slug"] for h in index.search("adam dropout batch learning rate", limit=2)] == \
+        [h["slug"] for h in everything[:2]]
+    assert len(index.search("adam dropout batch learning rate", limit=1)) == 1
+    assert index.search("adam", limit=0) == []
+
+
+# --- rebuilding ---------------------------------------------------------------------------------
+
+
+def test_rebuild_only_when_the_indexed_text_changes(tmp_path):
+    path = tmp_path / "kb.sqlite3"
+    idx = SearchIndex(path)
+    assert idx.count() == 0 and idx.search("adam") == []
+    assert idx.rebuild(SYNTHETIC) is True
+    assert idx.rebuild(SYNTHETIC) is False
+    assert idx.rebuild(list(reversed(SYNTHETIC))) is False          # order does not matter
+    assert SearchIndex(path).rebuild(SYNTHETIC) is False             # nor does the process
+    edited = [*SYNTHETIC[:-1], answer("learning-rate", "How do I choose the learning rate?",
+                                      summary="Try values on a log scale.", body="Use a range test.",
+                                      tags=["optimization"])]
+    assert idx.rebuild(edited) is True
+    assert idx.search("range test")[0]["slug"] == "learning-rate"
+    assert idx.rebuild(edited[:2]) is True                           # answers removed
+    assert idx.count() == 2 and rows_per_slug(path) == {"dropout": 1, "adam": 1}
+    assert idx.search("learning rate") == []
+    assert idx.rebuild([]) is True and idx.count() == 0 and idx.search("adam") == []
+
+
+def test_shares_the_file_with_the_evidence_store(tmp_path):
+    path = tmp_path / "kb.sqlite3"
+    Store(path)
+    idx = SearchIndex(path)
+    idx.rebuild(SYNTHETIC)
+    Store(path)
+    assert SearchIndex(path).count() == len(SYNTHETIC)
+    with sqlite3.connect(path) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"evidence", "figures", "search_fts", "search_meta"} <= tables
+
+
+def test_an_index_built_by_another_version_is_rebuilt(tmp_path):
+    path = tmp_path / "kb.sqlite3"
+    SearchIndex(path).rebuild(SYNTHETIC)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE search_meta SET value = 'an older schema' WHERE key = 'schema'")
+    idx = SearchIndex(path)
+    assert idx.count() == 0
+    assert idx.rebuild(SYNTHETIC) is True and idx.search("adam")[0]["slug"] == "adam"
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one-instance", "one-instance-per-thread"])
+def test_threads_rebuilding_at_once_leave_one_row_per_answer(tmp_path, shared):
+    path = tmp_path / "kb.sqlite3"
+    first = SearchIndex(path)
+    barrier, results, errors = threading.Barrier(8), [], []
+
+    def work():
+        try:
+            idx = first if shared else SearchIndex(path)
+            barrier.wait()
+            results.append(idx.rebuild(SYNTHETIC))
+            idx.search("adam")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sorted(results) == [False] * 7 + [True]
+    assert rows_per_slug(path) == {a.slug: 1 for a in SYNTHETIC}
+
+
+CHILD = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from kb.answer import Answer
+from kb.index import SearchIndex
+
+db_path, start, rounds = sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+
+def answers(n):
+    return [Answer(slug=f"a{i}", path=f"answers/a{i}.md", title=f"Question {i} about topic{i}?",
+                   summary=f"Summary {i}.", body=("word " * 200) + f"topic{i}", body_line=1,
+                   snippets=[], tags=["t"]) for i in range(n)]
+
+while time.time() < start:
+    time.sleep(0.001)
+index = SearchIndex(db_path)           # several processes create the tables at once, too
+rebuilt, seen = [], []
+for r in range(rounds):
+    rebuilt.append(index.rebuild(answers(3 if r % 2 == 0 else 5)))
+    counts = dict(index.connection().execute("SELECT slug, count(*) FROM search_fts GROUP BY slug"))
+    padding = counts.pop(None, 0)          # one statement: one snapshot of the table
+    seen.append([sorted(counts.items()), padding])
+    index.search("question topic1")
+print(json.dumps({"rebuilt": rebuilt, "seen": seen}))
+"""
+
+
+def run_children(db_path, processes, rounds):
+    start = time.time() + 1.5            # after every child has started and imported kb.index
+    command = [sys.executable, "-c", CHILD, str(ROOT), str(db_path), str(start), str(rounds)]
+    children = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(processes)]
+    outputs = []
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        outputs.append(json.loads(out))
+    return outputs
+
+
+def test_processes_rebuilding_at_once_leave_one_row_per_answer(tmp_path):
+    path = tmp_path / "kb.sqlite3"
+    outputs = run_children(path, processes=4, rounds=1)
+    assert sorted(o["rebuilt"][0] for o in outputs) == [False, False, False, True]
+    assert rows_per_slug(path) == {"a0": 1, "a1": 1, "a2": 1}
+    assert SearchIndex(path).count() == 3
+
+
+def test_processes_rebuilding_different_answers_never_see_a_mixed_index(tmp_path):
+    path = tmp_path / "kb.sqlite3"
+    outputs = run_children(path, processes=4, rounds=12)
+    assert sum(sum(o["rebuilt"]) for o in outputs) > 12      # they did fight over the index
+    for output in outputs:
+        for rows, padding in output["seen"]:
+            # each snapshot is one whole build: 3 or 5 answers, one row each, and their padding
+            assert rows in ([[f"a{i}", 1] for i in range(3)], [[f"a{i}", 1] for i in range(5)])
+            assert padding == PAD_ROWS_PER_ANSWER * len(rows)
+    final = SearchIndex(path)
+    final.rebuild([answer(f"a{i}", f"Question {i}?") for i in range(2)])
+    assert rows_per_slug(path) == {"a0": 1, "a1": 1}
+
+
+def test_a_thousand_answers(tmp_path):
+    many = [answer(f"a{i}", f"Question {i} about topic{i}?", summary=f"Summary of topic{i}.",
+                   body=" ".join(f"word{(i * 7 + k) % 500}" for k in range(300)), tags=[f"tag{i % 20}"])
+            for i in range(1000)]
+    idx = SearchIndex(tmp_path / "kb.sqlite3")
+    assert idx.rebuild(many) and idx.count() == 1000
+    assert idx.search("topic123")[0]["slug"] == "a123"
+    assert len(idx.search("question word1 word2", limit=50)) == 50
+    assert idx.rebuild(many) is False
