@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: setup run test check clean
+.PHONY: setup run test check bench soak clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,15 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -n auto
+
+# Benchmarks against baselines measured in the same run; writes bench/results.md and a plot.
+bench: setup
+	$(PY) -m pip install --disable-pip-version-check -q -r bench/requirements.txt
+	$(PY) bench/run.py
+
+# The load-with-faults test for longer than `make test` runs it.
+soak: setup
+	KB_SOAK_SECONDS=$${KB_SOAK_SECONDS:-60} $(PY) -m pytest tests/test_load.py -q -n 0 -p no:logging -s
 
 check: setup
 	$(PY) -m kb check

@@ -2,12 +2,14 @@
 
 One object per process. It reloads `answers/` when a file changes (checked at most once a
 second, by file names, sizes and modification times), keeps the search index in step, and
-reads or produces evidence through the cache. The service and the static export both use it.
+reads or produces evidence through the cache; with `run_changed`, answers whose code changed
+are re-run in a background thread (edited prose only re-renders: the cache key ignores it). The service and the static export both use it.
 """
 from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from pathlib import Path
 
@@ -22,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class Library:
-    def __init__(self, answers_dir, db_path, limits: Limits | None = None, watch_interval: float = 1.0):
+    def __init__(self, answers_dir, db_path, limits: Limits | None = None, watch_interval: float = 1.0,
+                 run_changed: bool = False):
         self.answers_dir = Path(answers_dir)
         self.store = Store(db_path)
         self.index = SearchIndex(db_path)
@@ -33,6 +36,8 @@ class Library:
         self._runner: Runner | None = None
         self._lock = threading.Lock()
         self._snapshot, self._checked = None, 0.0
+        # Answers whose code changed are re-run off the request path, one batch at a time.
+        self._background = ThreadPoolExecutor(max_workers=1) if run_changed else None
         self.refresh(force=True)
 
     @property
@@ -43,6 +48,8 @@ class Library:
             return self._runner
 
     def close(self) -> None:
+        if self._background is not None:
+            self._background.shutdown(wait=True, cancel_futures=True)
         if self._runner is not None:
             self._runner.close()
 
@@ -57,6 +64,7 @@ class Library:
         with self._lock:
             self._checked = now
             snapshot = self._files()
+            edited = self._snapshot is not None and snapshot != self._snapshot  # not the first load
             if snapshot == self._snapshot and not force:
                 return False
             answers, errors = load_answers([self.answers_dir])
@@ -65,6 +73,8 @@ class Library:
             self.generation += 1
         for error in errors:
             log.warning("%s", error)
+        if self._background is not None and edited:
+            self._background.submit(self.run_missing)
         return True
 
     def evidence(self, answer) -> dict:

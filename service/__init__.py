@@ -40,7 +40,8 @@ def create_app(config: dict | None = None) -> Flask:
     app.json.sort_keys = False
     app.json.ensure_ascii = False
 
-    library = Library(app.config["KB_ANSWERS"], app.config["KB_DB"], Limits(timeout=float(app.config["KB_TIMEOUT"])))
+    library = Library(app.config["KB_ANSWERS"], app.config["KB_DB"], Limits(timeout=float(app.config["KB_TIMEOUT"])),
+                      run_changed=app.config["KB_RUN_MISSING"] and not app.config["KB_STATIC"])
     if app.config["KB_RUN_MISSING"]:
         library.run_missing()
     app.extensions["kb"] = library

@@ -119,3 +119,21 @@ def test_raw_html_and_script_in_answers_are_neutralised(tmp_path):
             assert not any((value or "").lower().startswith("javascript:") for _, value in attrs), (name, attrs)
         assert "&lt;script&gt;alert(2)&lt;/script&gt;" in html or path != "/answers/evil", "raw HTML is shown as text"
     app.extensions["kb"].close()
+
+
+def test_edited_code_is_rerun_in_the_background_and_prose_edits_are_not(small_app):
+    library = small_app.extensions["kb"]
+    library.watch_interval = 0
+    client = small_app.test_client()
+    ran_before = client.get("/api/answers/averaging/evidence").get_json()["duration_ms"]
+    path = library.answers_dir / "averaging.md"
+    assert "Some prose." in path.read_text()
+    path.write_text(path.read_text().replace("Some prose.", "Some reworded prose."))
+    client.get("/")
+    library._background.submit(lambda: None).result(timeout=30)  # wait for queued re-runs
+    assert client.get("/api/answers/averaging/evidence").get_json()["duration_ms"] == ran_before, "prose: cache hit"
+    path.write_text(path.read_text().replace("g = np.arange(4.0)", "g = np.arange(4.0) * 1.0"))
+    client.get("/")
+    library._background.submit(lambda: None).result(timeout=30)
+    fresh = client.get("/api/answers/averaging/evidence").get_json()
+    assert fresh["status"] == "passed" and "* 1.0" in fresh["snippets"][0]["code"]
