@@ -108,3 +108,29 @@ def test_every_answer_page_is_clean_on_a_phone(browser, base_url):
     expect(page.locator("h1")).to_contain_text("404")
     context.close()
     assert [p for p in problems if "404" not in p] == []
+
+
+def test_static_export_works_opened_from_disk(browser, tmp_path):
+    from conftest import run_cli
+
+    site = tmp_path / "site"
+    built = run_cli("build", site, "--answers", ROOT / "answers", "--db", tmp_path / "db", cwd=tmp_path, timeout=300)
+    assert built.returncode == 0, built.stderr
+    page = browser.new_page()
+    problems = []
+    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto((site / "index.html").as_uri())
+    page.fill("header.site input[name=q]", "softmax overflow with big logits")
+    page.click("header.site button")
+    first = page.locator("#search-results a.question").first
+    expect(first).to_have_text(re.compile("softmax", re.I))
+    first.click()
+    expect(page).to_have_url(re.compile(r"answers/softmax\.html$"))
+    expect(page.locator(".meta .badge")).to_have_text("passed")
+    image = page.locator("figure img").first
+    image.scroll_into_view_if_needed()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    assert page.locator("form.run").count() == 0
+    page.close()
+    assert problems == []
