@@ -5,6 +5,7 @@ cache and the JSON API unchanged; this module holds the few rules about it.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -26,11 +27,12 @@ def cache_key(answer) -> str:
 
     Prose, titles and line numbers are not part of it, so editing prose never re-runs code.
     """
-    material = {
-        "runner": RUNNER_VERSION,
-        "env": environment(),
-        "snippets": [[s.code, sorted(s.attrs)] for s in answer.snippets],
-    }
+    return _key(tuple((s.code, tuple(sorted(s.attrs))) for s in answer.snippets))
+
+
+@functools.lru_cache(maxsize=8192)
+def _key(snippets: tuple) -> str:
+    material = {"runner": RUNNER_VERSION, "env": environment(), "snippets": snippets}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 

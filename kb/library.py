@@ -17,6 +17,7 @@ from . import evidence as ev
 from .answer import load_answers
 from .checker import check_all, evidence_for
 from .index import SearchIndex
+from .render import Rendered, render_answer
 from .runner import Limits, Runner
 from .store import Store
 
@@ -32,6 +33,7 @@ class Library:
         self.limits = limits or Limits()
         self.watch_interval = watch_interval
         self.answers, self.errors = {}, []
+        self._rendered: dict = {}
         self.generation = 0  # bumps on every reload: a cheap key for caches derived from answers
         self._runner: Runner | None = None
         self._lock = threading.Lock()
@@ -70,12 +72,20 @@ class Library:
             answers, errors = load_answers([self.answers_dir])
             self.index.rebuild(answers.values())
             self.answers, self.errors, self._snapshot = answers, errors, snapshot
+            self._rendered = {}
             self.generation += 1
         for error in errors:
             log.warning("%s", error)
         if self._background is not None and edited:
             self._background.submit(self.run_missing)
         return True
+
+    def rendered(self, answer) -> Rendered:
+        """The answer's rendered body, made once per reload (Markdown and MathML cost ms)."""
+        rendered = self._rendered.get(answer.slug)
+        if rendered is None:
+            rendered = self._rendered[answer.slug] = render_answer(answer)
+        return rendered
 
     def evidence(self, answer) -> dict:
         """The cached evidence for the answer's current code, or a `pending` record."""

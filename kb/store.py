@@ -37,6 +37,13 @@ class Store:
             (answer.slug, ev.cache_key(answer))).fetchone()
         return ev.rebase(json.loads(row[0]), answer) if row else None
 
+    def statuses(self, answers) -> dict[str, str]:
+        """Each answer's evidence status in one query ('pending' where its code has none)."""
+        rows = self.connection().execute("SELECT slug, key, json_extract(record, '$.status') FROM evidence")
+        stored = {slug: (key, status) for slug, key, status in rows}
+        return {a.slug: stored[a.slug][1] if stored.get(a.slug, (None,))[0] == ev.cache_key(a) else "pending"
+                for a in answers}
+
     def latest(self, slug: str) -> dict | None:
         """The last evidence stored for a slug, whatever code it ran."""
         row = self.connection().execute("SELECT record FROM evidence WHERE slug = ?", (slug,)).fetchone()

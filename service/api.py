@@ -5,7 +5,7 @@ import re
 
 from flask import Blueprint, Response, abort, jsonify, request, url_for
 
-from kb.render import highlight_python, render_answer
+from kb.render import highlight_python
 
 from .knowledge import answer_or_404, library, listing, public_evidence, run_slot
 from .openapi import spec
@@ -24,7 +24,8 @@ def answers():
     lib = library()
     tag = request.args.get("tag")
     chosen = [a for a in sorted(lib.answers.values(), key=lambda a: a.title) if tag is None or tag in a.tags]
-    return jsonify(answers=[listing(a, lib.evidence(a)) for a in chosen])
+    statuses = lib.store.statuses(chosen)
+    return jsonify(answers=[listing(a, statuses[a.slug]) for a in chosen])
 
 
 @api.get("/api/answers/<slug>")
@@ -39,7 +40,7 @@ def body_html(answer) -> str:
     """The rendered answer with its snippets' code in place (evidence is in `evidence`)."""
     snippets = {s.index: s for s in answer.snippets}
     return "".join(value if kind == "html" else highlight_python(snippets[value].code)
-                   for kind, value in render_answer(answer).parts)
+                   for kind, value in library().rendered(answer).parts)
 
 
 @api.get("/api/answers/<slug>/evidence")

@@ -33,9 +33,9 @@ def public_evidence(evidence: dict) -> dict:
     return ev.public(evidence, figure_url)
 
 
-def listing(answer, evidence: dict) -> dict:
+def listing(answer, status: str) -> dict:
     return {"slug": answer.slug, "title": answer.title, "summary": answer.summary, "tags": answer.tags,
-            "status": evidence["status"], "url": url_for("pages.answer", slug=answer.slug)}
+            "status": status, "url": url_for("pages.answer", slug=answer.slug)}
 
 
 @contextmanager

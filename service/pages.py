@@ -8,7 +8,7 @@ from flask import Blueprint, Response, abort, redirect, render_template, request
 from markupsafe import Markup
 
 from kb import evidence as ev
-from kb.render import highlight_python, pygments_css, render_answer, render_inline
+from kb.render import highlight_python, pygments_css, render_inline
 
 from .api import search_results
 from .knowledge import answer_or_404, figure_url, library, run_slot
@@ -46,7 +46,9 @@ def inline_markdown(text: str):
 @pages.get("/")
 def index():
     lib = library()
-    entries = [(a, lib.evidence(a)["status"]) for a in sorted(lib.answers.values(), key=lambda a: a.title)]
+    chosen = sorted(lib.answers.values(), key=lambda a: a.title)
+    statuses = lib.store.statuses(chosen)
+    entries = [(a, statuses[a.slug]) for a in chosen]
     tags = sorted({t for a in lib.answers.values() for t in a.tags})
     return render_template("index.html", entries=entries, tags=tags, errors=lib.errors,
                            alternate=url_for("api.answers"))
@@ -64,7 +66,7 @@ def answer(slug):
 def _answer_page(answer, evidence) -> str:
     lib = library()
     by_index = {s["index"]: s for s in evidence["snippets"]}
-    rendered = render_answer(answer)
+    rendered = lib.rendered(answer)
     parts = []
     for kind, value in rendered.parts:
         if kind == "html":
@@ -103,7 +105,8 @@ def tag(tag):
     chosen = [a for a in sorted(lib.answers.values(), key=lambda a: a.title) if tag in a.tags]
     if not chosen:
         abort(404, f"No answer is tagged '{tag}'.")
-    entries = [(a, lib.evidence(a)["status"]) for a in chosen]
+    statuses = lib.store.statuses(chosen)
+    entries = [(a, statuses[a.slug]) for a in chosen]
     return render_template("tag.html", tag=tag, entries=entries, alternate=url_for("api.answers", tag=tag))
 
 
