@@ -83,6 +83,8 @@ class Runner:
 
     def run(self, answer) -> dict:
         """Run every runnable snippet of `answer`; return its evidence (never raises for bad code)."""
+        if not answer.runnable:  # nothing to isolate: no child process
+            return self._evidence(answer, {}, None, time.monotonic())
         sock = self._connect()  # may start the server: not counted against the answer's time
         started = time.monotonic()
         deadline = started + self.limits.timeout
