@@ -96,7 +96,8 @@ def _front_matter(shown: str, lines: list[str]):
     if not lines or lines[0].strip() != "---":
         raise FormatError(shown, 1, "missing front matter: the file must start with a '---' line")
     try:
-        end = next(i for i in range(1, len(lines)) if lines[i].strip() == "---")
+        # At the start of the line: an indented '---' is a line of a multi-line YAML value.
+        end = next(i for i in range(1, len(lines)) if lines[i].rstrip() == "---")
     except StopIteration:
         raise FormatError(shown, 1, "front matter is not closed: add a '---' line after it") from None
     source = "\n".join(lines[1:end])
@@ -108,9 +109,13 @@ def _front_matter(shown: str, lines: list[str]):
         line = mark.line + 2 if mark else 2
         problem = getattr(exc, "problem", None) or str(exc)
         raise FormatError(shown, line, f"invalid YAML in front matter: {problem}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise FormatError(shown, 2, "invalid YAML in front matter: nested too deeply") from None
     if not isinstance(data, dict):
         raise FormatError(shown, 2, "front matter must be a mapping of keys to values")
     key_lines = {str(k.value): k.start_mark.line + 2 for k, _ in node.value}
+    for key in data:  # keys brought in by a '<<' merge: report them at the merge
+        key_lines.setdefault(str(key), key_lines.get("<<", 2))
     meta = {}
     for key, value in data.items():
         line = key_lines.get(str(key), 2)
@@ -172,7 +177,7 @@ def load_answers(paths) -> tuple[dict[str, Answer], list[FormatError]]:
 
     `related` slugs are checked against the answer files that sit beside each answer.
     """
-    answers, errors = {}, []
+    answers, errors, folders = {}, [], {}
     for path in answer_paths(paths):
         if not path.is_file():
             errors.append(FormatError(display_path(path), 0, "no such answer file"))
@@ -182,7 +187,9 @@ def load_answers(paths) -> tuple[dict[str, Answer], list[FormatError]]:
         except FormatError as exc:
             errors.append(exc)
             continue
-        siblings = {p.stem for p in path.parent.glob("*.md")}
+        if path.parent not in folders:  # list each folder once, not once per answer
+            folders[path.parent] = {p.stem for p in path.parent.glob("*.md")}
+        siblings = folders[path.parent]
         missing = [s for s in answer.related if s not in siblings or s == answer.slug]
         if missing:
             errors.append(FormatError(answer.path, answer.key_lines["related"],

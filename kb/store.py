@@ -7,13 +7,15 @@ per thread, so the store can be shared by a threaded server.
 from __future__ import annotations
 
 import json
+import time
 
 from . import evidence as ev
 from .database import Database
 
+SCHEMA_VERSION = 2  # PRAGMA user_version; an older file's tables are dropped and re-derived
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS evidence (
-    slug TEXT PRIMARY KEY, key TEXT NOT NULL, record TEXT NOT NULL
+    slug TEXT PRIMARY KEY, key TEXT NOT NULL, stored_ns INTEGER NOT NULL, record TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS figures (
     slug TEXT NOT NULL, name TEXT NOT NULL, svg TEXT NOT NULL, PRIMARY KEY (slug, name)
@@ -26,6 +28,10 @@ class Store:
         self.database = Database(path)
         self.connection = self.database.connection
         with self.database.write() as db:
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                db.execute("DROP TABLE IF EXISTS evidence")
+                db.execute("DROP TABLE IF EXISTS figures")
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -36,6 +42,12 @@ class Store:
             "SELECT record FROM evidence WHERE slug = ? AND key = ?",
             (answer.slug, ev.cache_key(answer))).fetchone()
         return ev.rebase(json.loads(row[0]), answer) if row else None
+
+    def stamp(self, answer) -> int | None:
+        """What identifies the answer's current evidence (when it was stored), without reading it."""
+        row = self.connection().execute(
+            "SELECT stored_ns FROM evidence WHERE slug = ? AND key = ?", (answer.slug, ev.cache_key(answer))).fetchone()
+        return row[0] if row else None
 
     def statuses(self, answers) -> dict[str, str]:
         """Each answer's evidence status in one query ('pending' where its code has none)."""
@@ -56,8 +68,8 @@ class Store:
         with self.database.write() as db:
             db.execute("DELETE FROM figures WHERE slug = ?", (evidence["slug"],))
             db.executemany("INSERT INTO figures VALUES (?, ?, ?)", figures)
-            db.execute("INSERT OR REPLACE INTO evidence VALUES (?, ?, ?)",
-                       (evidence["slug"], evidence["key"], json.dumps(evidence)))
+            db.execute("INSERT OR REPLACE INTO evidence VALUES (?, ?, ?, ?)",
+                       (evidence["slug"], evidence["key"], time.time_ns(), json.dumps(evidence)))
 
     def figure(self, slug: str, name: str) -> str | None:
         row = self.connection().execute(

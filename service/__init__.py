@@ -63,7 +63,8 @@ def create_app(config: dict | None = None) -> Flask:
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
         if request.method in ("GET", "HEAD") and response.status_code == 200 and not response.is_streamed:
-            response.add_etag()
+            if response.get_etag()[0] is None:
+                response.add_etag()
             response = response.make_conditional(request)
         return response
 

@@ -1,13 +1,14 @@
 """The JSON API (`/api/…`, `/healthz`): the machine twin of every HTML page."""
 from __future__ import annotations
 
+import json
 import re
 
 from flask import Blueprint, Response, abort, jsonify, request, url_for
 
 from kb.render import highlight_python
 
-from .knowledge import answer_or_404, library, listing, public_evidence, run_slot
+from .knowledge import answer_or_404, answer_response, library, listing, public_evidence, run_slot
 from .openapi import spec
 
 api = Blueprint("api", __name__)
@@ -31,9 +32,14 @@ def answers():
 @api.get("/api/answers/<slug>")
 def answer(slug):
     found = answer_or_404(slug)
-    return jsonify(slug=found.slug, title=found.title, summary=found.summary, tags=found.tags,
-                   aliases=found.aliases, related=found.related, sources=found.sources,
-                   html=body_html(found), evidence=public_evidence(library().evidence(found)))
+
+    def make(evidence):
+        return json.dumps({"slug": found.slug, "title": found.title, "summary": found.summary, "tags": found.tags,
+                           "aliases": found.aliases, "related": found.related, "sources": found.sources,
+                           "html": body_html(found), "evidence": public_evidence(evidence)},
+                          ensure_ascii=False, allow_nan=False)
+
+    return answer_response("json", found, make, "application/json")
 
 
 def body_html(answer) -> str:

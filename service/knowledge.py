@@ -1,9 +1,12 @@
 """What both blueprints need from the knowledge base: look-ups, evidence URLs, run slots."""
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 
-from flask import abort, current_app, url_for
+from flask import Response, abort, current_app, url_for
 from werkzeug.exceptions import TooManyRequests
 
 from kb import evidence as ev
@@ -36,6 +39,43 @@ def public_evidence(evidence: dict) -> dict:
 def listing(answer, status: str) -> dict:
     return {"slug": answer.slug, "title": answer.title, "summary": answer.summary, "tags": answer.tags,
             "status": status, "url": url_for("pages.answer", slug=answer.slug)}
+
+
+class ResponseCache:
+    """Finished response bodies with their ETags, small, LRU and thread-safe."""
+
+    def __init__(self, size: int = 512):
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get_or_make(self, key, make):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        body = make().encode()
+        value = (body, hashlib.blake2b(body, digest_size=16).hexdigest())
+        with self.lock:
+            self.items[key] = value
+            if len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return value
+
+
+responses = ResponseCache()
+
+
+def answer_response(kind: str, answer, make, mimetype: str) -> Response:
+    """A response derived from an answer and its evidence, made once per (answer file, evidence).
+
+    The key is cheap to read (the reload generation and when the evidence ran), so a cached
+    page costs one small SQL query and no Markdown, JSON or template work.
+    """
+    lib = library()
+    key = (kind, answer.slug, lib.generation, lib.store.stamp(answer))
+    body, etag = responses.get_or_make(key, lambda: make(lib.evidence(answer)))
+    response = Response(body, mimetype=mimetype)
+    response.set_etag(etag)
+    return response
 
 
 @contextmanager

@@ -1,9 +1,6 @@
 """HTML pages for people; each links its JSON twin with <link rel="alternate">."""
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
 from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
 from markupsafe import Markup
 
@@ -11,31 +8,9 @@ from kb import evidence as ev
 from kb.render import highlight_python, pygments_css, render_inline
 
 from .api import search_results
-from .knowledge import answer_or_404, figure_url, library, run_slot
+from .knowledge import answer_or_404, answer_response, figure_url, library, run_slot
 
 pages = Blueprint("pages", __name__)
-
-
-class PageCache:
-    """Rendered answer pages, keyed by what they are made of; small and thread-safe."""
-
-    def __init__(self, size: int = 256):
-        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
-
-    def get_or_make(self, key, make):
-        with self.lock:
-            if key in self.items:
-                self.items.move_to_end(key)
-                return self.items[key]
-        value = make()
-        with self.lock:
-            self.items[key] = value
-            if len(self.items) > self.size:
-                self.items.popitem(last=False)
-        return value
-
-
-page_cache = PageCache()
 
 
 @pages.app_template_filter("inline")
@@ -57,10 +32,7 @@ def index():
 @pages.get("/answers/<slug>")
 def answer(slug):
     found = answer_or_404(slug)
-    lib = library()
-    evidence = lib.evidence(found)
-    key = (found.slug, lib.generation, evidence.get("key"), evidence["ran_at"], evidence["status"])
-    return page_cache.get_or_make(key, lambda: _answer_page(found, evidence))
+    return answer_response("page", found, lambda evidence: _answer_page(found, evidence), "text/html")
 
 
 def _answer_page(answer, evidence) -> str:
