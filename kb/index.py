@@ -282,10 +282,13 @@ class SearchIndex:
             return []
         weights = ", ".join(map(str, WEIGHTS))
         question_weights = ", ".join(map(str, QUESTION_WEIGHTS))
-        sql = (f"SELECT slug, title, summary, -bm25(search_fts, {weights}) "
-               f"- {QUESTION_BOOST} * bm25(search_fts, {question_weights}) AS score "
-               f"FROM search_fts WHERE search_fts MATCH ? AND slug IS NOT NULL "
-               f"ORDER BY score DESC, slug LIMIT ?")
+        # Score every match from the index alone, and read the stored columns of the best few
+        # only: reading title and summary for every match was 5x the cost at 1,000 answers.
+        # Padding rows hold only PAD_TOKEN, which no query contains.
+        sql = (f"SELECT f.slug, f.title, f.summary, best.score FROM "
+               f"(SELECT rowid, -bm25(search_fts, {weights}) - {QUESTION_BOOST} * bm25(search_fts, {question_weights})"
+               f" AS score FROM search_fts WHERE search_fts MATCH ? ORDER BY score DESC LIMIT ?) AS best "
+               f"JOIN search_fts AS f ON f.rowid = best.rowid WHERE f.slug IS NOT NULL ORDER BY best.score DESC, f.slug")
         try:
             rows = self.connection().execute(sql, (expression, limit)).fetchall()
         except sqlite3.Error:
