@@ -250,7 +250,7 @@ def serve(socket_path: str) -> None:
                 os.read(wake_r, 4096)
             if _take_connections(control, children):  # before reaping: a quick child may already be gone
                 children[_fork_spare(listener, child_control, inherited())] = None
-            if _reap(children):
+            if _reap(children, control):
                 children[_fork_spare(listener, child_control, inherited())] = None
 
 
@@ -325,9 +325,9 @@ def _die_with_parent(server_pid: int) -> None:
         os._exit(0)
 
 
-def _reap(children: dict) -> bool:
-    """Report exited children's status to their clients; True if the spare died."""
-    spare_died = False
+def _reap(children: dict, control: socket.socket) -> bool:
+    """Report exited children's status to their clients; True if the spare is gone."""
+    spare_gone = False
     while children:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -337,16 +337,20 @@ def _reap(children: dict) -> bool:
             break
         if pid not in children:
             continue
+        if children[pid] is None:
+            # The spare, or a child that took a connection and exited since the last look at
+            # `control`: it sent its connection before exiting, so the message is there now.
+            _take_connections(control, children)
+            spare_gone = True
         conn = children.pop(pid)
         if conn is None:
-            spare_died = True
             continue
         try:
             send_frame(conn, {"exit": status})
         except OSError:
             pass
         conn.close()
-    return spare_died
+    return spare_gone
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass
 
 from . import evidence as ev
@@ -37,7 +38,11 @@ class Runner:
         self.limits = limits or Limits()
         self._lock = threading.Lock()
         self._server: subprocess.Popen | None = None
-        self._dir = tempfile.mkdtemp(prefix="kb-runner-")
+        # A Unix socket path is limited to ~107 bytes: a deep TMPDIR falls back to /tmp.
+        short = "/tmp" if len(tempfile.gettempdir()) > 60 and os.path.isdir("/tmp") else None
+        self._dir = tempfile.mkdtemp(prefix="kb-runner-", dir=short)
+        # Removed by close(), or at exit for a runner never closed (a gunicorn or Flask worker's).
+        weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
         self._socket = os.path.join(self._dir, "forkserver.sock")
 
     def __enter__(self):

@@ -1,0 +1,252 @@
+"""Data safety: the SQLite store survives the service being killed mid-run.
+
+gunicorn (the README's production shape, one worker) serves a temporary copy of a few answers,
+one of them slow. While that answer is re-running, and quick re-runs keep writing evidence, the
+whole server process group gets `kill -9`. Then: no runner process is left (the fork server is in
+the killed group; the spare and the running child, in sessions of their own, die with it by
+PR_SET_PDEATHSIG), the answers directory is byte-for-byte unchanged, and a restarted service opens
+on the same file with every answer's evidence intact and the file passing `PRAGMA integrity_check`.
+On the restarted service, `kill -9` of the worker alone shows the fork server leaving with its
+parent (its stdin closes); a clean stop leaves no process and no scratch directory behind.
+"""
+import hashlib
+import json
+import os
+import re
+import signal
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, answer_text
+from service_fixtures import write_small_answers
+
+SLOW = "slow-answer"
+SLOW_CODE = 'import time\ntime.sleep(3)\ncheck("woke up", True)'
+
+
+def request(url, method="GET", timeout=30):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """{pid: command line} of every live (non-zombie) process below `pid`."""
+    parents, commands = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+        if state != "Z":
+            parents[int(entry.name)] = int(ppid)
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in found:
+                found[child] = commands.get(child, "")
+                frontier.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+
+
+def settle(condition, within=10.0):
+    deadline = time.monotonic() + within
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+class Service:
+    """gunicorn in its own process group (so that one kill reaches all of it), on a free port."""
+
+    def __init__(self, root: Path, answers: Path, db: Path, scratch: Path):
+        env = {**os.environ, "KB_ANSWERS": str(answers), "KB_DB": str(db), "PYTHONPATH": str(ROOT),
+               "TMPDIR": str(scratch)}  # the runner's scratch directories (kill -9 leaves them behind)
+        self.log = root / f"gunicorn-{time.monotonic_ns()}.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-w", "1", "-k", "gthread", "--threads", "4",
+                 "-b", "127.0.0.1:0", "--no-control-socket", "service:create_app()"],
+                cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        found = settle(lambda: re.search(r"Listening at: (http://\S+)", self.log.read_text()), within=30)
+        assert found, self.log.read_text()
+        self.url = found[1]
+        # Up once it answers (start-up runs the answers without cached evidence).
+        assert settle(lambda: self._healthy(), within=90), self.log.read_text()
+
+    def _healthy(self):
+        try:
+            return request(f"{self.url}/healthz", timeout=5)[0] == 200
+        except OSError:
+            return False
+
+    def processes(self) -> dict[int, str]:
+        return {self.process.pid: "gunicorn master", **descendants(self.process.pid)}
+
+    def kill(self):
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+
+def evidence_by_slug(url: str, slugs) -> dict:
+    found = {}
+    for slug in slugs:
+        status, body = request(f"{url}/api/answers/{slug}/evidence")
+        assert status == 200, (slug, status, body)
+        found[slug] = json.loads(body)
+    return found
+
+
+def outcome(evidence: dict):
+    """What a run showed, without when and how long."""
+    return (evidence["status"], [(s["index"], s["status"], s["stdout"], s["checks"], s["error"])
+                                 for s in evidence["snippets"]])
+
+
+@pytest.fixture
+def scratch():
+    """A short TMPDIR for the server: the fork server's Unix socket lives in it, and AF_UNIX paths
+    are limited to 107 bytes (pytest's tmp_path under xdist is longer). Its path names the
+    server's fork servers (their command line holds the socket's path)."""
+    folder = Path(tempfile.mkdtemp(prefix="kbt-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_kill_9_mid_run_leaves_the_store_and_the_answers_intact(tmp_path, scratch):
+    answers = write_small_answers(tmp_path / "answers")
+    (answers / f"{SLOW}.md").write_text(answer_text(title="Does a slow answer survive a crash?", snippets=[SLOW_CODE]))
+    slugs = sorted(p.stem for p in answers.glob("*.md"))
+    db = tmp_path / "kb.sqlite3"
+    before_files = fingerprint(answers)
+
+    service = Service(tmp_path, answers, db, scratch)
+    try:
+        before = evidence_by_slug(service.url, slugs)
+        assert all(e["status"] != "pending" for e in before.values()), "start-up ran every answer"
+
+        slow_result = []
+        slow_run = threading.Thread(daemon=True, target=lambda: slow_result.append(
+            _swallow(request, f"{service.url}/api/answers/{SLOW}/run", "POST")))
+        slow_run.start()
+        stop_writes = threading.Event()
+
+        def keep_writing():  # quick re-runs: evidence is being written when the kill lands
+            while not stop_writes.is_set():
+                _swallow(request, f"{service.url}/api/answers/averaging/run", "POST", timeout=10)
+
+        writer = threading.Thread(target=keep_writing, daemon=True)
+        writer.start()
+
+        # Mid-run: the child running the slow answer is up, in its scratch directory.
+        assert settle(lambda: list(scratch.glob(f"kb-{SLOW}-*")), within=15), "the slow run never started"
+        time.sleep(0.5)
+        tree = service.processes()
+        slow_child = [pid for pid in tree if _cwd(pid).startswith(str(scratch / f"kb-{SLOW}-"))]
+        service.kill()
+        stop_writes.set()
+        writer.join(15)
+        slow_run.join(15)
+
+        assert slow_result == [None], "the kill landed while the slow answer was running"
+        assert len(slow_child) == 1 and "kb.forkserver" in tree[slow_child[0]], tree
+        # The fork server was in the killed group; the running child and the spare had their own
+        # sessions and die by PR_SET_PDEATHSIG when the fork server does.
+        gone = settle(lambda: not [pid for pid in tree if alive(pid)], within=10)
+        assert gone, f"left after kill -9: { {pid: tree[pid] for pid in tree if alive(pid)} }"
+    finally:
+        service.stop()
+
+    assert fingerprint(answers) == before_files, "the answers directory is untouched"
+
+    restarted = Service(tmp_path, answers, db, scratch)
+    try:
+        after = evidence_by_slug(restarted.url, slugs)
+        for slug in slugs:
+            assert after[slug]["status"] != "pending", slug
+            assert outcome(after[slug]) == outcome(before[slug]), slug
+        # ...and it still runs answers and stores their evidence.
+        status, body = request(f"{restarted.url}/api/answers/wrong-claim/run", "POST")
+        assert status == 200 and json.loads(body)["status"] == "failed"
+
+        # kill -9 of the worker alone: its fork server sees its stdin close, kills its spare and
+        # exits; gunicorn boots a new worker, which starts a fork server of its own.
+        tree = restarted.processes()
+        [worker] = [pid for pid in tree if _parent(pid) == restarted.process.pid]
+        os.kill(worker, signal.SIGKILL)
+        gone = settle(lambda: not [pid for pid in tree if pid != restarted.process.pid and alive(pid)], within=10)
+        assert gone, f"left after the worker's kill -9: { {pid: tree[pid] for pid in tree if alive(pid)} }"
+        assert settle(lambda: _swallow(request, f"{restarted.url}/api/answers/averaging/run", "POST", timeout=10),
+                      within=60)[0] == 200
+        tree = restarted.processes()
+        [socket] = {cmd.split()[-1] for cmd in tree.values() if "kb.forkserver" in cmd}
+    finally:
+        restarted.stop()
+    # A clean stop: the worker exits, its fork server sees stdin close and exits, killing its spare.
+    gone = settle(lambda: not [pid for pid in tree if alive(pid)], within=10)
+    assert gone, f"left after a clean stop: { {pid: tree[pid] for pid in tree if alive(pid)} }"
+    assert not Path(socket).parent.exists(), "the runner's scratch directory goes with a clean stop"
+
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert connection.execute("SELECT count(*) FROM evidence").fetchone()[0] == len(slugs)
+    assert fingerprint(answers) == before_files, "the answers directory is untouched"
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+
+
+def _swallow(function, *args, **kwargs):
+    """Call, ignoring the connection errors a killed server causes."""
+    try:
+        return function(*args, **kwargs)
+    except OSError:
+        return None
