@@ -17,6 +17,7 @@ FENCE_RE = re.compile(r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*?)[ \t]*$")
 SNIPPET_ATTRS = {"norun", "hide"}
 REQUIRED = ("title", "summary")
 LISTS = ("aliases", "tags", "related", "sources")
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster, same safe subset
 
 
 def display_path(path: Path) -> str:
@@ -102,8 +103,8 @@ def _front_matter(shown: str, lines: list[str]):
         raise FormatError(shown, 1, "front matter is not closed: add a '---' line after it") from None
     source = "\n".join(lines[1:end])
     try:
-        node = yaml.compose(source, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(source)
+        node = yaml.compose(source, Loader=LOADER)
+        data = yaml.load(source, Loader=LOADER)  # a safe loader: plain data only
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 2 if mark else 2
