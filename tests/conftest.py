@@ -23,6 +23,30 @@ def answer_text(title="A question?", summary="An answer.", snippets=(), extra=""
     return "".join(parts)
 
 
+def descendants(pid: int) -> dict[int, tuple[int, str]]:
+    """{pid: (parent, command line)} of every live (non-zombie) process below `pid`."""
+    parents, commands = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+        if state != "Z":
+            parents[int(entry.name)] = int(ppid)
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in found:
+                found[child] = (ppid, commands.get(child, ""))
+                frontier.append(child)
+    return found
+
+
 @pytest.fixture
 def answers_dir(tmp_path):
     folder = tmp_path / "answers"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, answer_text
+from conftest import ROOT, answer_text, descendants
 from service_fixtures import write_small_answers
 
 SLOW = "slow-answer"
@@ -40,30 +40,6 @@ def request(url, method="GET", timeout=30):
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
-
-
-def descendants(pid: int) -> dict[int, str]:
-    """{pid: command line} of every live (non-zombie) process below `pid`."""
-    parents, commands = {}, {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
-        if state != "Z":
-            parents[int(entry.name)] = int(ppid)
-    found, frontier = {}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, ppid in parents.items():
-            if ppid == parent and child not in found:
-                found[child] = commands.get(child, "")
-                frontier.append(child)
-    return found
 
 
 def alive(pid: int) -> bool:
@@ -112,7 +88,7 @@ class Service:
             return False
 
     def processes(self) -> dict[int, str]:
-        return {self.process.pid: "gunicorn master", **descendants(self.process.pid)}
+        return {self.process.pid: "gunicorn master", **{p: cmd for p, (_, cmd) in descendants(self.process.pid).items()}}
 
     def kill(self):
         os.killpg(self.process.pid, signal.SIGKILL)

@@ -19,7 +19,7 @@ import pytest
 from markupsafe import escape
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from conftest import ROOT, answer_text
+from conftest import ROOT, answer_text, descendants
 from service import create_app
 
 TIMEOUT = 2  # KB_TIMEOUT, seconds
@@ -54,30 +54,6 @@ HOSTILE = {
         "passed", None),
 }
 NORMAL = "zz-normal"
-
-
-def descendants(pid: int) -> dict[int, str]:
-    """{pid: command line} of every live (non-zombie) process below `pid`."""
-    parents, commands = {}, {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
-        if state != "Z":
-            parents[int(entry.name)] = int(ppid)
-    found, frontier = {}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, ppid in parents.items():
-            if ppid == parent and child not in found:
-                found[child] = commands.get(child, "")
-                frontier.append(child)
-    return found
 
 
 def parent_of(pid: int) -> int:
@@ -165,7 +141,7 @@ def test_hostile_snippets_through_the_service(hostile_server):
     # Warm up: the first run starts the fork server (not counted against an answer's time).
     status, _, body = request(f"{base}/api/answers/{NORMAL}/run", "POST")
     assert status == 200 and json.loads(body)["status"] == "passed"
-    server_processes = {pid: cmd for pid, cmd in descendants(os.getpid()).items() if pid not in before}
+    server_processes = {pid: cmd for pid, (_, cmd) in descendants(os.getpid()).items() if pid not in before}
     assert any("kb.forkserver" in cmd for cmd in server_processes.values()), server_processes
 
     reader = Reader(base)
@@ -227,7 +203,7 @@ def test_hostile_snippets_through_the_service(hostile_server):
     server_pid = next(pid for pid, cmd in server_processes.items() if "kb.forkserver" in cmd)
 
     def ours():
-        return {pid: cmd for pid, cmd in descendants(os.getpid()).items() if pid not in before}
+        return {pid: cmd for pid, (_, cmd) in descendants(os.getpid()).items() if pid not in before}
 
     left = settle(lambda: (lambda found: found if len(found) == 2 else None)(ours())) or ours()
     assert server_pid in left and len(left) == 2, \

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, descendants
 from kb.library import Library
 from service_fixtures import write_small_answers
 
@@ -76,30 +76,6 @@ def get(port: int, method: str, path: str):
         return response.status, response.headers, response.read()
     finally:
         connection.close()
-
-
-def descendants(pid: int) -> dict[int, tuple[int, str]]:
-    """{pid: (parent, command line)} of every live (non-zombie) process below `pid`."""
-    parents, commands = {}, {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
-        if state != "Z":
-            parents[int(entry.name)] = int(ppid)
-    found, frontier = {}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, ppid in parents.items():
-            if ppid == parent and child not in found:
-                found[child] = (ppid, commands.get(child, ""))
-                frontier.append(child)
-    return found
 
 
 def alive(pid: int) -> bool:
