@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,26 @@ def descendants(pid: int) -> dict[int, tuple[int, str]]:
                 found[child] = (ppid, commands.get(child, ""))
                 frontier.append(child)
     return found
+
+
+def settle(condition, within: float = 10.0):
+    """Poll until `condition()` is truthy (processes take a moment to be reaped); return its last value."""
+    deadline = time.monotonic() + within
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def scratch():
+    """A short TMPDIR for a server: the fork server's Unix socket lives in it, and AF_UNIX paths
+    are limited to 107 bytes (pytest's tmp_path under xdist is longer). Its path names the
+    server's fork servers (their command line holds the socket's path)."""
+    folder = Path(tempfile.mkdtemp(prefix="kbt-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

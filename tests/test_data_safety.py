@@ -14,20 +14,17 @@ import json
 import os
 import re
 import signal
-import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
 
-from conftest import ROOT, answer_text, descendants
+from conftest import ROOT, answer_text, descendants, settle
 from service_fixtures import write_small_answers
 
 SLOW = "slow-answer"
@@ -48,15 +45,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2:].split()[0] != "Z"
-
-
-def settle(condition, within=10.0):
-    deadline = time.monotonic() + within
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def fingerprint(folder: Path) -> dict[str, str]:
@@ -113,16 +101,6 @@ def outcome(evidence: dict):
     """What a run showed, without when and how long."""
     return (evidence["status"], [(s["index"], s["status"], s["stdout"], s["checks"], s["error"])
                                  for s in evidence["snippets"]])
-
-
-@pytest.fixture
-def scratch():
-    """A short TMPDIR for the server: the fork server's Unix socket lives in it, and AF_UNIX paths
-    are limited to 107 bytes (pytest's tmp_path under xdist is longer). Its path names the
-    server's fork servers (their command line holds the socket's path)."""
-    folder = Path(tempfile.mkdtemp(prefix="kbt-"))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_kill_9_mid_run_leaves_the_store_and_the_answers_intact(tmp_path, scratch):

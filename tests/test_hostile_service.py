@@ -19,7 +19,7 @@ import pytest
 from markupsafe import escape
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from conftest import ROOT, answer_text, descendants
+from conftest import ROOT, answer_text, descendants, settle
 from service import create_app
 
 TIMEOUT = 2  # KB_TIMEOUT, seconds
@@ -63,16 +63,6 @@ def parent_of(pid: int) -> int:
 
 def marked_sleepers() -> list[str]:
     return subprocess.run(["pgrep", "-f", f"sleep {SLEEP_MARKER}"], capture_output=True, text=True).stdout.split()
-
-
-def settle(condition, within: float = 5.0):
-    """Poll until `condition()` is truthy (processes take a moment to be reaped); return its last value."""
-    deadline = time.monotonic() + within
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def request(url: str, method: str = "GET", timeout: float = 60):

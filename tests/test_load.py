@@ -14,17 +14,14 @@ import json
 import os
 import re
 import signal
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-import pytest
 
-from conftest import ROOT, descendants
+from conftest import ROOT, descendants, settle
 from kb.library import Library
 from service_fixtures import write_small_answers
 
@@ -98,15 +95,6 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def settle(condition, within=10.0):
-    deadline = time.monotonic() + within
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
-
-
 def percentile(latencies: list[float], q: float) -> float:
     ordered = sorted(latencies)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -139,16 +127,6 @@ class Readers:
         for thread in self.threads:
             thread.join(60)
         return self.seen
-
-
-@pytest.fixture
-def scratch():
-    """A short TMPDIR for the server: the fork server's Unix socket lives in it, and AF_UNIX paths
-    are limited to 107 bytes (pytest's tmp_path under xdist is longer). Its path names the
-    server's fork servers (their command line holds the socket's path)."""
-    folder = Path(tempfile.mkdtemp(prefix="kbt-"))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_reads_stay_up_while_runs_are_flooded(tmp_path, scratch):
