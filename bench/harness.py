@@ -8,7 +8,7 @@ three of the baselines of `bench/overhead.py`:
 
 - exec: `python bench/harness.py serve` preloads like the fork server (`_preload`: NumPy,
   matplotlib Agg, one SVG save, gc.freeze) and then runs the answers it is sent, one after the
-  other in that one process, timing each (`exec FILE` does the same for a file of answers);
+  other in that one process, timing each;
 - subprocess: `python bench/harness.py one` per answer: a fresh interpreter that imports NumPy
   and matplotlib, runs one answer (read as JSON on stdin) and exits;
 - kernel: `kernel_setup` is the first cell of the notebook built for each answer; it defines the
@@ -147,20 +147,6 @@ def run_in_kernel(answer: dict, timeout: float = 120) -> dict:
 
 # --- entry points ------------------------------------------------------------------------------
 
-def _exec_all(path: str) -> None:
-    """Preload like the fork server, then run every answer of the JSON file in this process."""
-    from kb.forkserver import _preload
-
-    _preload()
-    answers = json.loads(Path(path).read_text())
-    results = []
-    for answer in answers:
-        started = time.perf_counter()
-        summary = run_answer(answer)
-        results.append({"slug": answer["slug"], "ms": (time.perf_counter() - started) * 1000, **summary})
-    json.dump(results, sys.stdout)
-
-
 def _timed_run(answer: dict) -> dict:
     """run_answer with its wall time, CPU time and minor page faults."""
     import resource
@@ -211,4 +197,4 @@ def _one() -> None:
 
 
 if __name__ == "__main__":
-    {"exec": lambda: _exec_all(sys.argv[2]), "serve": _serve, "one": _one}[sys.argv[1]]()
+    {"serve": _serve, "one": _one}[sys.argv[1]]()

@@ -56,7 +56,8 @@ class Library:
             self._runner.close()
 
     def _files(self):
-        return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in self.answers_dir.glob("*.md")))
+        stats = ((p.name, p.stat()) for p in self.answers_dir.glob("*.md"))
+        return tuple(sorted((name, st.st_mtime_ns, st.st_size) for name, st in stats))
 
     def refresh(self, force: bool = False) -> bool:
         """Reload the answers if a file changed; return True if it reloaded."""
