@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,10 +49,8 @@ def machine() -> dict:
     versions = {}
     for package in ("numpy", "flask", "gunicorn", "matplotlib", "nbclient", "ipykernel"):
         try:
-            from importlib.metadata import version
-
-            versions[package] = version(package)
-        except Exception:  # noqa: BLE001
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
             versions[package] = "?"
     wrk = subprocess.run([shutil.which("wrk") or "wrk", "-v"], capture_output=True, text=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()

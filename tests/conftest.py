@@ -50,6 +50,15 @@ def descendants(pid: int) -> dict[int, tuple[int, str]]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie has finished)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+
+
 def settle(condition, within: float = 10.0):
     """Poll until `condition()` is truthy (processes take a moment to be reaped); return its last value."""
     deadline = time.monotonic() + within

@@ -23,9 +23,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-
-from conftest import ROOT, answer_text, descendants, settle
 from service_fixtures import write_small_answers
+
+from conftest import ROOT, alive, answer_text, descendants, settle
 
 SLOW = "slow-answer"
 SLOW_CODE = 'import time\ntime.sleep(3)\ncheck("woke up", True)'
@@ -37,14 +37,6 @@ def request(url, method="GET", timeout=30):
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
 
 
 def fingerprint(folder: Path) -> dict[str, str]:

@@ -20,10 +20,10 @@ import threading
 import time
 from pathlib import Path
 
-
-from conftest import ROOT, descendants, settle
-from kb.library import Library
 from service_fixtures import write_small_answers
+
+from conftest import ROOT, alive, descendants, settle
+from kb.library import Library
 
 SOAK_SECONDS = float(os.environ.get("KB_SOAK_SECONDS", "5"))
 UNLOADED_SECONDS = min(max(SOAK_SECONDS / 2, 2.0), 10.0)
@@ -73,14 +73,6 @@ def get(port: int, method: str, path: str):
         return response.status, response.headers, response.read()
     finally:
         connection.close()
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
 
 
 def processes_mentioning(text: str) -> list[str]:
