@@ -18,6 +18,21 @@ SNIPPET_ATTRS = {"norun", "hide"}
 REQUIRED = ("title", "summary")
 LISTS = ("aliases", "tags", "related", "sources")
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster, same safe subset
+LINE_BREAK_RE = re.compile(r"\r\n|\r|\n")
+BOM = "\ufeff"
+
+
+def split_lines(text: str) -> list[str]:
+    r"""The lines of a file as editors, Python and Markdown number them.
+
+    Only \n, \r\n and \r end a line: `str.splitlines` also splits at form feeds, \x1c-\x1e,
+    \x85 and \u2028/\u2029, which would shift every later line number and break a string
+    literal that holds one of them.
+    """
+    lines = LINE_BREAK_RE.split(text)
+    if lines[-1] == "":  # a final line break ends the last line; it does not start another
+        lines.pop()
+    return lines
 
 
 def display_path(path: Path) -> str:
@@ -83,7 +98,7 @@ def parse_answer(path, text: str | None = None) -> Answer:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise FormatError(shown, 1, f"not UTF-8 text ({exc.reason})") from None
-    lines = text.splitlines()
+    lines = split_lines(text.removeprefix(BOM))  # editors on Windows may start a file with a BOM
     meta, key_lines, body_start = _front_matter(shown, lines)
     snippets = _snippets(shown, lines, body_start)
     return Answer(

@@ -29,7 +29,7 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
-from .answer import FENCE_RE
+from .answer import FENCE_RE, split_lines
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class _Doc:
 
     def _source(self, text: str, snippets: bool) -> str:
         """The Markdown to convert: math tokenised in prose, fences normalised or made slots."""
-        out, prose, lines, i, count = [], [], text.splitlines(), 0, 0
+        out, prose, lines, i, count = [], [], split_lines(text), 0, 0
         while i < len(lines):
             opening = FENCE_RE.match(lines[i])
             if not opening:

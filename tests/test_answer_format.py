@@ -1,7 +1,7 @@
 """The answer file format: what parses, and the `file:line` error for what does not."""
 import pytest
 
-from conftest import answer_text, run_cli
+from conftest import answer_text, check_json, run_cli
 from kb.answer import FormatError, load_answers, parse_answer
 
 GOOD = """---
@@ -91,3 +91,22 @@ def test_cli_reports_broken_files_and_still_checks_the_others(answers_dir, tmp_p
     assert "answers/bad-yaml.md:3: invalid YAML" in proc.stderr
     assert "answers/unclosed.md:6: code fence ```python is never closed" in proc.stderr
     assert "passed   good" in proc.stdout and "1/1 checks" in proc.stdout
+
+
+def test_lines_are_numbered_as_editors_and_python_number_them(answers_dir, tmp_path):
+    """A BOM is not part of the front matter; only \\n, \\r\\n and \\r end a line, so a string that
+    holds a form feed or a line separator keeps it, and errors after it keep their line."""
+    (answers_dir / "with-bom.md").write_bytes("\ufeff".encode() + answer_text(snippets=["x = 1"]).encode())
+    (answers_dir / "odd-breaks.md").write_bytes(
+        '---\r\ntitle: t?\r\nsummary: s\r\n---\r\n\r\nProse\x0cmore\u2028prose.\r\n\r\n```python\r\n'
+        's = "a\u2028b\x0cc"\rcheck("the string keeps its five characters", len(s) == 5, len(s))\n1 / 0\n```\n'
+        .encode())
+    answers, errors = load_answers([answers_dir])
+    assert errors == [] and answers["with-bom"].title == "A question?"
+    [snippet] = answers["odd-breaks"].snippets
+    assert snippet.line == 8 and snippet.code.split("\n")[0] == 's = "a\u2028b\x0cc"'
+    proc, evidence = check_json(answers_dir, "--no-cache", cwd=tmp_path)
+    [result] = evidence["odd-breaks"]["snippets"]
+    assert [c["value"] for c in result["checks"]] == ["5"] and result["checks"][0]["passed"]
+    assert result["error"]["type"] == "ZeroDivisionError" and result["error"]["line"] == 11
+    assert proc.returncode == 1 and evidence["with-bom"]["status"] == "passed"
