@@ -6,7 +6,8 @@ forking a warm interpreter costs about a millisecond, against ~100 ms for a fres
 imports NumPy. The server itself never runs authored code and never blocks on a client: the
 child reads the request. When a child exits, the server reports its exit status on the child's
 connection, so the client can tell a crash or `os._exit` from a clean finish.
-Runs until its stdin closes (its parent went away).
+Runs in a session of its own until its stdin closes (its parent went away, even by `kill -9`
+of its whole process group), then kills every child's process group.
 """
 from __future__ import annotations
 
@@ -242,9 +243,7 @@ def serve(socket_path: str) -> None:
     while True:
         for key, _ in selector.select():
             if key.data == "stdin" and not sys.stdin.buffer.read1(1):
-                for pid, conn in children.items():
-                    if conn is None:
-                        os.kill(pid, signal.SIGKILL)
+                _kill_children(children)
                 return
             if key.data == "reap":
                 os.read(wake_r, 4096)
@@ -252,6 +251,24 @@ def serve(socket_path: str) -> None:
                 children[_fork_spare(listener, child_control, inherited())] = None
             if _reap(children, control):
                 children[_fork_spare(listener, child_control, inherited())] = None
+
+
+def _kill_children(children: dict) -> None:
+    """Kill every child's process group: the spare, running answers and what they started.
+
+    The server's parent has gone (closed, or killed with `kill -9`); the server has a session
+    of its own, so it is still here to do this. Without it, a process a snippet started would
+    outlive everything (the children themselves would die by PR_SET_PDEATHSIG, not theirs).
+    """
+    for pid in children:
+        try:
+            os.killpg(pid, signal.SIGKILL)  # each child leads its own session, so its group is its pid
+        except ProcessLookupError:
+            pass
+        try:
+            os.kill(pid, signal.SIGKILL)  # a child forked an instant ago may not lead its group yet
+        except ProcessLookupError:
+            pass
 
 
 def _take_connections(control: socket.socket, children: dict) -> bool:

@@ -81,7 +81,8 @@ class Runner:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         self._server = subprocess.Popen(
             [sys.executable, "-m", "kb.forkserver", self._socket],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=self._dir)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=self._dir,
+            start_new_session=True)  # a kill of the caller's group must leave it to clean up
         if self._server.stdout.readline().strip() != b"ready":
             raise RuntimeError("the runner's fork server failed to start")
         self._server.stdout.close()

@@ -28,7 +28,9 @@ from service_fixtures import write_small_answers
 from conftest import ROOT, alive, answer_text, descendants, settle
 
 SLOW = "slow-answer"
-SLOW_CODE = 'import time\ntime.sleep(3)\ncheck("woke up", True)'
+# It starts a process of its own, which must not outlive the service either.
+SLOW_CODE = ('import subprocess, time\nhelper = subprocess.Popen(["sleep", "300"])\ntime.sleep(3)\n'
+             'helper.kill()\ncheck("woke up", True)')
 
 
 def request(url, method="GET", timeout=30):
@@ -124,7 +126,8 @@ def test_kill_9_mid_run_leaves_the_store_and_the_answers_intact(tmp_path, scratc
         assert settle(lambda: list(scratch.glob(f"kb-{SLOW}-*")), within=15), "the slow run never started"
         time.sleep(0.5)
         tree = service.processes()
-        slow_child = [pid for pid in tree if _cwd(pid).startswith(str(scratch / f"kb-{SLOW}-"))]
+        slow_child = [pid for pid in tree if _cwd(pid).startswith(str(scratch / f"kb-{SLOW}-"))
+                      and "kb.forkserver" in tree[pid]]
         service.kill()
         stop_writes.set()
         writer.join(15)
@@ -132,8 +135,10 @@ def test_kill_9_mid_run_leaves_the_store_and_the_answers_intact(tmp_path, scratc
 
         assert slow_result == [None], "the kill landed while the slow answer was running"
         assert len(slow_child) == 1 and "kb.forkserver" in tree[slow_child[0]], tree
-        # The fork server was in the killed group; the running child and the spare had their own
-        # sessions and die by PR_SET_PDEATHSIG when the fork server does.
+        assert "sleep 300" in tree.values(), "the slow answer's own process is up"
+        # The fork server has a session of its own, so the kill does not reach it: it sees its
+        # stdin close and kills the process group of every child (the running answer with the
+        # process it started, and the spare) before it exits.
         gone = settle(lambda: not [pid for pid in tree if alive(pid)], within=10)
         assert gone, f"left after kill -9: { {pid: tree[pid] for pid in tree if alive(pid)} }"
     finally:
