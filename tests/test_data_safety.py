@@ -2,9 +2,9 @@
 
 gunicorn (the README's production shape, one worker) serves a temporary copy of a few answers,
 one of them slow. While that answer is re-running, and quick re-runs keep writing evidence, the
-whole server process group gets `kill -9`. Then: no runner process is left (the fork server is in
-the killed group; the spare and the running child, in sessions of their own, die with it by
-PR_SET_PDEATHSIG), the answers directory is byte-for-byte unchanged, and a restarted service opens
+whole server process group gets `kill -9`. Then: no runner process is left, not even the one
+the slow answer started (the fork server, in a session of its own, sees its stdin close and kills
+its children's process groups), the answers directory is byte-for-byte unchanged, and a restarted service opens
 on the same file with every answer's evidence intact and the file passing `PRAGMA integrity_check`.
 On the restarted service, `kill -9` of the worker alone shows the fork server leaving with its
 parent (its stdin closes); a clean stop leaves no process and no scratch directory behind.

@@ -20,6 +20,7 @@ from markupsafe import escape
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from conftest import ROOT, answer_text, descendants, settle
+from kb.forkserver import SPARES
 from service import create_app
 
 TIMEOUT = 2  # KB_TIMEOUT, seconds
@@ -104,7 +105,7 @@ def hostile_server(tmp_path, monkeypatch):
         thread.join(10)
         app.extensions["kb"].close()
     assert settle(lambda: set(descendants(os.getpid())) <= before), \
-        f"the fork server and its spare exit with the app: {descendants(os.getpid())}"
+        f"the fork server and its spares exit with the app: {descendants(os.getpid())}"
 
 
 class Reader(threading.Thread):
@@ -188,18 +189,18 @@ def test_hostile_snippets_through_the_service(hostile_server):
         assert not (place / "written-by-snippet.txt").exists() and not (place / "snippet-dir").exists(), place
     assert not list(Path(app.config["KB_ANSWERS"]).parent.rglob("written-by-snippet.txt"))
 
-    # Nothing a snippet started outlives its run; the only processes left are the fork server and its spare.
+    # Nothing a snippet started outlives its run; the only processes left are the fork server and its spares.
     assert settle(lambda: not marked_sleepers()), f"stray sleepers: {marked_sleepers()}"
     server_pid = next(pid for pid, cmd in server_processes.items() if "kb.forkserver" in cmd)
 
     def ours():
         return {pid: cmd for pid, (_, cmd) in descendants(os.getpid()).items() if pid not in before}
 
-    left = settle(lambda: (lambda found: found if len(found) == 2 else None)(ours())) or ours()
-    assert server_pid in left and len(left) == 2, \
-        f"the same fork server, still up, with its spare: { {pid: (parent_of(pid), cmd) for pid, cmd in left.items()} }"
-    [spare] = set(left) - {server_pid}
-    assert parent_of(spare) == server_pid, f"only the fork server's one waiting spare remains: {left}"
+    left = settle(lambda: (lambda found: found if len(found) == 1 + SPARES else None)(ours())) or ours()
+    assert server_pid in left and len(left) == 1 + SPARES, \
+        f"the same fork server, still up, with its spares: { {pid: (parent_of(pid), cmd) for pid, cmd in left.items()} }"
+    spares = set(left) - {server_pid}
+    assert {parent_of(pid) for pid in spares} == {server_pid}, f"only the fork server's waiting spares remain: {left}"
 
     # The other answer's page and the search kept answering throughout.
     assert len(reader.seen) >= 8, reader.seen

@@ -23,6 +23,7 @@ from pathlib import Path
 from service_fixtures import write_small_answers
 
 from conftest import ROOT, alive, descendants, settle
+from kb.forkserver import SPARES
 from kb.library import Library
 
 SOAK_SECONDS = float(os.environ.get("KB_SOAK_SECONDS", "5"))
@@ -159,14 +160,15 @@ def test_reads_stay_up_while_runs_are_flooded(tmp_path, scratch):
         loaded = Readers(port).run_for(SOAK_SECONDS)
         runs = json.loads(flood.communicate(timeout=120)[0])
 
-        # Between runs, each worker's fork server keeps exactly one spare: no run left a process behind.
+        # Between runs, each worker's fork server keeps its spares and nothing else: no run left a process behind.
         def only_spares():
             tree = descendants(server.pid)
             workers = [pid for pid, (parent, _) in tree.items() if parent == server.pid]
             forkservers = [pid for pid, (parent, cmd) in tree.items() if parent in workers and "kb.forkserver" in cmd]
             spares = [pid for pid, (parent, _) in tree.items() if parent in forkservers]
-            expected = len(workers) == len(forkservers) == 2 and sorted(tree[p][0] for p in spares) == sorted(forkservers)
-            return tree if expected and len(tree) == 6 else None
+            expected = (len(workers) == len(forkservers) == 2
+                        and sorted(tree[p][0] for p in spares) == sorted(forkservers * SPARES))
+            return tree if expected and len(tree) == 4 + 2 * SPARES else None
 
         assert settle(only_spares, within=15), descendants(server.pid)
         tree = descendants(server.pid)
