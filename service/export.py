@@ -2,7 +2,12 @@
 
 The pages are the service's own, fetched through Flask's test client with `KB_STATIC` set (no
 "Run again" form; search runs in the browser over `search-index.js`), then every absolute link
-is rewritten relative to the page, so the site works opened from disk and on any static host.
+is rewritten relative to the page, so the site works opened from disk and on any static host
+(in the JSON twins too: their `url`s and figure links point at the exported files).
+
+OUTDIR is replaced as a whole, so `build` only replaces a directory it wrote itself (marked by
+a `.kb-export` file) or an empty one, never the answers, and only once the new site is written
+in full beside it: a failed build leaves the previous export as it was.
 """
 from __future__ import annotations
 
@@ -10,15 +15,33 @@ import json
 import posixpath
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from . import create_app
 
 LINK_RE = re.compile(r'(?P<attr>href|src|action)="(?P<url>/[^"]*)"')
+MARKER = ".kb-export"
+
+
+class ExportError(Exception):
+    """The export cannot be written where it was asked to be (a usage error, not a crash)."""
+
+
+def check_target(outdir, answers_dir) -> Path:
+    """OUTDIR, if replacing it cannot lose anything that `build` did not write itself."""
+    out, answers = Path(outdir).resolve(), Path(answers_dir).resolve()
+    if out == answers or out in answers.parents:
+        raise ExportError(f"{outdir} holds the answers ({answers_dir}): choose another output directory")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
+        raise ExportError(f"{outdir} exists and is not an export written by `kb build` (no {MARKER} file in it): "
+                          "choose an empty or new directory, or remove it yourself")
+    return out
 
 
 def build(answers_dir, db_path, outdir) -> tuple[int, list]:
     """Write the site into `outdir`; return (pages written, answer format errors)."""
+    out = check_target(outdir, answers_dir)
     app = create_app({"KB_ANSWERS": str(answers_dir), "KB_DB": str(db_path), "KB_STATIC": True})
     library = app.extensions["kb"]
     try:
@@ -36,28 +59,57 @@ def build(answers_dir, db_path, outdir) -> tuple[int, list]:
                 for figure in snippet["figures"]:
                     files[f"/api/answers/{answer.slug}/figures/{figure['name']}"] = f"figures/{answer.slug}/{figure['name']}"
 
-        out = Path(outdir)
-        if out.exists():
-            shutil.rmtree(out)
-        for url, name in files.items():
-            response = client.get(url)
-            if response.status_code != 200:
-                raise RuntimeError(f"GET {url} gave {response.status_code} while exporting")
-            data = response.data
-            if response.mimetype == "text/html":
-                data = _relative_links(response.get_data(as_text=True), name, files).encode()
-            target = out / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        index = [{"slug": a.slug, "title": a.title, "summary": a.summary, "url": f"answers/{a.slug}.html",
-                  "aliases": a.aliases, "tags": a.tags} for a in answers]
-        (out / "search-index.json").write_text(json.dumps(index, ensure_ascii=False, indent=1), encoding="utf-8")
-        (out / "search-index.js").write_text(f"window.KB_SEARCH_INDEX = {json.dumps(index, ensure_ascii=False)};\n",
-                                             encoding="utf-8")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        site = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+        try:
+            for url, name in files.items():
+                response = client.get(url)
+                if response.status_code != 200:
+                    raise RuntimeError(f"GET {url} gave {response.status_code} while exporting")
+                data = response.data
+                if response.mimetype == "text/html":
+                    data = _relative_links(response.get_data(as_text=True), name, files).encode()
+                elif response.mimetype == "application/json":
+                    data = json.dumps(_relative_json(response.get_json(), name, files), ensure_ascii=False).encode()
+                target = site / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            index = [{"slug": a.slug, "title": a.title, "summary": a.summary, "url": f"answers/{a.slug}.html",
+                      "aliases": a.aliases, "tags": a.tags} for a in answers]
+            (site / "search-index.json").write_text(json.dumps(index, ensure_ascii=False, indent=1), encoding="utf-8")
+            (site / "search-index.js").write_text(f"window.KB_SEARCH_INDEX = {json.dumps(index, ensure_ascii=False)};\n",
+                                                  encoding="utf-8")
+            (site / MARKER).write_text("Written by `python -m kb build`; the next build replaces this directory.\n")
+            site.chmod(0o755)  # mkdtemp makes it private; a site is for serving
+            if out.exists():
+                shutil.rmtree(out)
+            site.rename(out)
+        finally:
+            shutil.rmtree(site, ignore_errors=True)
         pages = sum(1 for name in files.values() if name.endswith(".html"))
         return pages, library.errors
     finally:
         library.close()
+
+
+def _relative_json(value, page: str, files: dict):
+    """The JSON twin with its links relative: `url`s, `figures` and the links in `html`."""
+    relative = lambda url: posixpath.relpath(files[url], posixpath.dirname(page) or ".")  # noqa: E731
+    if isinstance(value, list):
+        return [_relative_json(v, page, files) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        if key == "url" and item in files:
+            out[key] = relative(item)
+        elif key == "figures" and isinstance(item, list) and all(url in files for url in item):
+            out[key] = [relative(url) for url in item]
+        elif key == "html" and isinstance(item, str):
+            out[key] = _relative_links(item, page, files)
+        else:
+            out[key] = _relative_json(item, page, files)
+    return out
 
 
 def _relative_links(html: str, page: str, files: dict) -> str:

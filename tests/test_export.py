@@ -49,8 +49,30 @@ def test_export_links_resolve_and_pages_carry_evidence(tmp_path):
     index = json.loads((out / "search-index.json").read_text())
     assert {"slug", "title", "summary", "url"} <= set(index[0])
     assert all((out / entry["url"]).exists() for entry in index)
-    twin = json.loads((out / "api/answers/averaging.json").read_text())
+    twin = json.loads((out / "api/answers/sigmoid-slope.json").read_text())
     assert twin["evidence"]["status"] == "passed"
+    [figure] = [url for snippet in twin["evidence"]["snippets"] for url in snippet["figures"]]
+    assert figure == "../../figures/sigmoid-slope/0-0.svg" and (out / "api/answers" / figure).resolve().exists()
+    listing = json.loads((out / "api/answers.json").read_text())["answers"]
+    assert all((out / "api" / entry["url"]).resolve().exists() for entry in listing)
+
+
+def test_build_never_replaces_what_it_did_not_write(tmp_path):
+    answers = write_small_answers(tmp_path / "answers")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("keep me")
+    before = sorted(p.read_bytes() for p in answers.iterdir())
+    for target in (answers, tmp_path, notes):
+        proc = run_cli("build", target, "--answers", answers, "--db", tmp_path / "db", cwd=tmp_path)
+        assert proc.returncode == 2 and "kb build: " in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert sorted(p.read_bytes() for p in answers.iterdir()) == before
+    assert (notes / "mine.txt").read_text() == "keep me"
+
+    out = build(answers, tmp_path)  # an earlier export is replaced, whole, by the next build
+    (out / "stale.html").write_text("from an older build")
+    assert build(answers, tmp_path) == out and not (out / "stale.html").exists()
+    assert (out / "index.html").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".site")] == []
 
 
 def test_export_of_the_knowledge_base_has_every_answer_with_evidence(tmp_path):
