@@ -57,7 +57,7 @@ def create_app(config: dict | None = None) -> Flask:
 
     @app.after_request
     def harden(response):
-        response.headers["Content-Security-Policy"] = CSP
+        response.headers.setdefault("Content-Security-Policy", CSP)  # figures set their own
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["X-Frame-Options"] = "DENY"

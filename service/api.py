@@ -13,6 +13,7 @@ from .openapi import spec
 
 api = Blueprint("api", __name__)
 FIGURE_NAME = r"\d+-\d+\.svg"
+FIGURE_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
 
 @api.get("/healthz")
@@ -68,7 +69,11 @@ def figure(slug, name):
     svg = library().store.figure(found.slug, name) if re.fullmatch(FIGURE_NAME, name) else None
     if svg is None:
         abort(404, f"Answer '{slug}' has no figure named '{name}'.")
-    return Response(svg, mimetype="image/svg+xml")
+    response = Response(svg, mimetype="image/svg+xml")
+    # Opened on its own (a JSON client's link, "open image in new tab") the SVG is a document:
+    # matplotlib styles it inline, and nothing in it may run.
+    response.headers["Content-Security-Policy"] = FIGURE_CSP
+    return response
 
 
 @api.get("/api/search")

@@ -21,7 +21,7 @@ def problem(status: int, detail: str, title: str | None = None, headers: dict | 
 
 
 def wants_json() -> bool:
-    return request.path.startswith("/api/") or request.path == "/healthz"
+    return request.path in ("/api", "/healthz") or request.path.startswith("/api/")
 
 
 def register_error_handlers(app) -> None:

@@ -61,6 +61,10 @@ def test_one_answer_with_html_and_evidence(client):
     figure = client.get(snippet["figures"][0])
     assert figure.status_code == 200 and figure.mimetype == "image/svg+xml"
     assert figure.data.lstrip().startswith(b"<?xml") and b"<svg" in figure.data
+    # Opened on its own, the SVG may use matplotlib's inline styles but run nothing.
+    policy = figure.headers["Content-Security-Policy"]
+    assert "style-src 'unsafe-inline'" in policy and "default-src 'none'" in policy and "sandbox" in policy
+    assert "unsafe-inline" not in client.get("/answers/sigmoid-slope").headers["Content-Security-Policy"]
 
 
 def test_evidence_endpoint(client):
@@ -74,7 +78,7 @@ def test_evidence_endpoint(client):
 @pytest.mark.parametrize("path", [
     "/api/answers/nope", "/api/answers/nope/evidence", "/api/answers/UPPER", "/api/answers/a_b",
     "/api/answers/..%2F..%2Fetc%2Fpasswd", "/api/answers/sigmoid-slope/figures/9-9.svg",
-    "/api/answers/sigmoid-slope/figures/..%2Fkb.sqlite3", "/api/nothing-here"])
+    "/api/answers/sigmoid-slope/figures/..%2Fkb.sqlite3", "/api/nothing-here", "/api"])
 def test_unknown_things_are_404_problems(client, path):
     assert_problem(client.get(path), 404)
 

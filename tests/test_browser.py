@@ -79,6 +79,13 @@ def test_learner_searches_opens_the_answer_and_runs_it_again(page, base_url):
     assert page.locator("math").count() > 0, "math is rendered as MathML"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "answer-page.png"), full_page=True)
+    answer_url = page.url
+
+    # The figure opened on its own ("open image in new tab") is drawn, with no CSP violation.
+    page.goto(base_url + figure.get_attribute("src"))
+    assert page.locator("svg").count() == 1 and page.locator("svg path").count() > 10
+    page.screenshot(path=str(ARTIFACTS / "figure-alone.png"))
+    page.goto(answer_url)
 
     before = page.locator(".meta time").get_attribute("datetime")
     page.wait_for_timeout(1100)  # ran_at has one-second resolution
