@@ -4,18 +4,27 @@ One connection per thread (and a new one after a fork), WAL mode so readers neve
 writer, and write transactions that take the lock up front. Several processes (gunicorn
 workers) may open the same new file at once: switching it to WAL is retried, because SQLite
 reports that lock at once instead of waiting.
+
+Everything in the file is derived from `answers/`, so a file SQLite cannot read (not a database,
+or a damaged one) is moved aside as `<name>.corrupt-<time>` with a warning, and a fresh file
+takes its place: the service starts and re-derives its evidence instead of failing.
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 import sqlite3
 import threading
 import time
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 BUSY_TIMEOUT = 30.0  # seconds to wait for another process's write lock
+UNREADABLE = {"SQLITE_NOTADB", "SQLITE_CORRUPT"}
+
+log = logging.getLogger(__name__)
 
 
 class Database:
@@ -23,6 +32,33 @@ class Database:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._set_aside_if_unreadable()
+
+    def _set_aside_if_unreadable(self) -> None:
+        try:
+            inode = self.path.stat().st_ino
+        except FileNotFoundError:
+            return
+        probe = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT)
+        try:
+            probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorname", None) not in UNREADABLE:
+                raise
+            reason = exc
+        finally:
+            probe.close()
+        try:
+            if self.path.stat().st_ino == inode:  # not already replaced by another process
+                aside = self.path.with_name(f"{self.path.name}.corrupt-{datetime.now():%Y%m%dT%H%M%S.%f}")
+                self.path.rename(aside)
+                for suffix in ("-wal", "-shm"):
+                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+                log.warning("%s could not be read (%s); moved it to %s and started a fresh one: "
+                            "its evidence and index are derived again", self.path, reason, aside.name)
+        except FileNotFoundError:
+            pass
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, waiting up to `BUSY_TIMEOUT` for locks."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from service_fixtures import write_small_answers
 
-from conftest import ROOT, alive, answer_text, descendants, settle
+from conftest import ROOT, alive, answer_text, descendants, run_cli, settle
 
 SLOW = "slow-answer"
 # It starts a process of its own, which must not outlive the service either.
@@ -201,3 +201,30 @@ def _swallow(function, *args, **kwargs):
         return function(*args, **kwargs)
     except OSError:
         return None
+
+
+def test_an_unreadable_database_file_is_set_aside_and_derived_again(tmp_path, caplog):
+    from service import create_app
+
+    answers = write_small_answers(tmp_path / "answers")
+    db = tmp_path / "kb.sqlite3"
+    db.write_bytes(b"this is not an SQLite file, perhaps a disk went bad " * 100)
+    app = create_app({"KB_ANSWERS": str(answers), "KB_DB": str(db), "TESTING": True})
+    try:
+        evidence = app.test_client().get("/api/answers/averaging/evidence").get_json()
+        assert evidence["status"] == "passed", "the answers were run again into a fresh file"
+    finally:
+        app.extensions["kb"].close()
+    [aside] = tmp_path.glob("kb.sqlite3.corrupt-*")
+    assert aside.read_bytes().startswith(b"this is not an SQLite file")
+    assert "could not be read" in caplog.text and aside.name in caplog.text
+
+    proc = run_cli("check", answers, "--db", db, cwd=tmp_path)  # and the CLI, on a damaged copy
+    assert proc.returncode == 1 and "2 passed, 1 not passed" in proc.stdout  # wrong-claim fails
+    checkpoint = sqlite3.connect(db)  # everything into the main file, then damage its header
+    checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    checkpoint.close()
+    db.write_bytes(b"overwritten head" + db.read_bytes()[16:])  # SQLite's 16-byte magic string is gone
+    proc = run_cli("check", answers, "--db", db, cwd=tmp_path)
+    assert proc.returncode == 1 and "2 passed, 1 not passed" in proc.stdout and "Traceback" not in proc.stderr, proc.stderr
+    assert "could not be read" in proc.stderr and len(list(tmp_path.glob("kb.sqlite3.corrupt-*"))) == 2
