@@ -11,6 +11,7 @@ takes its place: the service starts and re-derives its evidence instead of faili
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import random
@@ -69,6 +70,20 @@ class Database:
             db.execute("PRAGMA synchronous=NORMAL")
             self._local.db, self._local.pid = db, os.getpid()
         return db
+
+    @contextmanager
+    def exclusive(self):
+        """Hold a lock file beside the database: one holder at a time, across processes.
+
+        For work longer than a transaction, such as running the answers that lack evidence:
+        gunicorn workers starting on a fresh file then take turns instead of all doing it.
+        """
+        with open(f"{self.path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @contextmanager
     def write(self):

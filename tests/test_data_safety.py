@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from kb.library import Library
 from service_fixtures import write_small_answers
 
 from conftest import ROOT, alive, answer_text, descendants, run_cli, settle
@@ -228,3 +229,21 @@ def test_an_unreadable_database_file_is_set_aside_and_derived_again(tmp_path, ca
     proc = run_cli("check", answers, "--db", db, cwd=tmp_path)
     assert proc.returncode == 1 and "2 passed, 1 not passed" in proc.stdout and "Traceback" not in proc.stderr, proc.stderr
     assert "could not be read" in proc.stderr and len(list(tmp_path.glob("kb.sqlite3.corrupt-*"))) == 2
+
+
+def test_processes_sharing_a_fresh_database_run_each_answer_once(tmp_path):
+    """gunicorn workers starting together on a new file take turns: the second finds the work done."""
+    answers = write_small_answers(tmp_path / "answers")
+    workers = [Library(answers, tmp_path / "kb.sqlite3") for _ in range(2)]
+    ran = []
+    try:
+        threads = [threading.Thread(target=lambda w=w: ran.append(w.run_missing())) for w in workers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert sorted(ran) == [0, len(workers[0].answers)]
+        assert all(workers[1].store.get(a) for a in workers[1].answers.values())
+    finally:
+        for worker in workers:
+            worker.close()
