@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
+from . import evidence as ev
+
 
 def evidence_for(answer, runner, store=None, use_cache: bool = True) -> tuple[dict, bool]:
     """(evidence, came_from_cache). Fresh evidence is written back to the store."""
     if store is not None and use_cache:
         cached = store.get(answer)
-        if cached is not None:
+        if cached is not None and not ev.cut_short(cached, runner.limits):
             return cached, True
     evidence = runner.run(answer)
     if store is not None:

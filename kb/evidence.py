@@ -16,6 +16,7 @@ import numpy
 
 RUNNER_VERSION = "1"
 STATUS_ORDER = ("timeout", "error", "failed", "passed")
+INTERNAL = {"key", "limits"}  # stored with the evidence, not part of its public shape
 
 
 def environment() -> dict:
@@ -77,9 +78,26 @@ def checks_count(evidence: dict) -> tuple[int, int]:
     return sum(c["passed"] for c in checks), len(checks)
 
 
+def cut_short(evidence: dict, limits) -> bool:
+    """True if a limit stopped this evidence and has been raised since: it should run again.
+
+    The cache key leaves the limits out (changing a limit must not re-run every answer), so an
+    answer that timed out, ran out of memory or flooded its output under a lower limit is the
+    one case where evidence for unchanged code is stale.
+    """
+    ran_with = evidence.get("limits")
+    if ran_with is None:
+        return False
+    snippets = evidence["snippets"]
+    return ((evidence["status"] == "timeout" and limits.timeout > ran_with["timeout"])
+            or (limits.memory > ran_with["memory"]
+                and any((s.get("error") or {}).get("type") == "MemoryError" for s in snippets))
+            or (limits.output > ran_with["output"] and any(s["truncated"] for s in snippets)))
+
+
 def public(evidence: dict, figure_url) -> dict:
     """The contract's JSON shape: figures become URLs, non-finite floats become null."""
-    out = {k: v for k, v in evidence.items() if k != "key"}
+    out = {k: v for k, v in evidence.items() if k not in INTERNAL}
     out["snippets"] = [
         {**s, "figures": [figure_url(evidence["slug"], f["name"]) for f in s["figures"]],
          "figure_alts": [f["alt"] for f in s["figures"]]}

@@ -112,13 +112,15 @@ class Library:
         return evidence
 
     def run_missing(self, jobs: int = 2) -> int:
-        """Run the answers that have no cached evidence for their current code; return how many ran.
+        """Run the answers without cached evidence for their current code (or whose evidence a
+        since-raised limit cut short); return how many ran.
 
         Processes that share the database take turns (gunicorn workers starting on a fresh file):
         the next one finds the evidence stored and runs nothing.
         """
         with self.store.database.exclusive():
-            missing = [a for a in self.answers.values() if self.store.get(a) is None]
+            missing = [a for a in self.answers.values()
+                       if (cached := self.store.get(a)) is None or ev.cut_short(cached, self.limits)]
             for answer, evidence, _ in check_all(missing, self.runner, self.store, jobs=jobs):
                 log.info("ran %s: %s", answer.slug, evidence["status"])
         return len(missing)

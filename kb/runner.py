@@ -151,6 +151,7 @@ class Runner:
             "slug": answer.slug, "status": ev.answer_status(snippets), "ran_at": ev.now(),
             "duration_ms": round((time.monotonic() - started) * 1000, 3),
             "environment": ev.environment(), "snippets": snippets, "key": ev.cache_key(answer),
+            "limits": asdict(self.limits),
         }
 
 

@@ -125,6 +125,22 @@ def test_cache_reruns_after_a_code_edit_and_not_after_a_prose_edit(answers_dir, 
     assert "cached" not in _status_line(forced, "memo")
 
 
+def test_evidence_cut_short_by_a_limit_runs_again_once_the_limit_is_raised(answers_dir, tmp_path):
+    (answers_dir / "slow.md").write_text(answer_text(snippets=['import time\ntime.sleep(1.5)\ncheck("woke", True)']))
+    db = tmp_path / "db"
+    first = run_cli("check", answers_dir, "--db", db, "--timeout", "1", cwd=tmp_path)
+    assert first.returncode == 1 and "timeout" in _status_line(first, "slow")
+    same = run_cli("check", answers_dir, "--db", db, "--timeout", "1", cwd=tmp_path)
+    assert "cached" in _status_line(same, "slow"), "the same limit: the timeout stands"
+    raised = run_cli("check", answers_dir, "--db", db, "--timeout", "5", cwd=tmp_path)
+    assert raised.returncode == 0 and "cached" not in _status_line(raised, "slow")
+    assert "passed" in _status_line(raised, "slow")
+    lowered = run_cli("check", answers_dir, "--db", db, "--timeout", "1", cwd=tmp_path)
+    assert "cached" in _status_line(lowered, "slow"), "passed evidence is not cut short by a lower limit"
+    proc, evidence = check_json(answers_dir, cwd=tmp_path)
+    assert "limits" not in evidence["slow"] and "key" not in evidence["slow"], "internal fields stay inside"
+
+
 def test_runner_is_safe_to_call_from_many_threads(answers_dir):
     for n in range(6):
         (answers_dir / f"a{n}.md").write_text(answer_text(snippets=[f'value = {n} * 2\ncheck("doubles", value == {2 * n}, value)']))
