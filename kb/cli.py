@@ -11,11 +11,25 @@ from . import evidence as ev
 from .answer import load_answers
 from .authoring import lint, new_answer
 from .checker import check_all, problems
-from .runner import Limits, Runner
+from .runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits, Runner
 from .store import Store
 
 DEFAULT_DB = os.environ.get("KB_DB", ".kb/kb.sqlite3")
 DEFAULT_ANSWERS = os.environ.get("KB_ANSWERS", "answers")
+
+
+def positive(kind):
+    """An argparse type: a number of `kind` above zero (a zero timeout would time out everything)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def main(argv=None) -> int:
@@ -26,8 +40,12 @@ def main(argv=None) -> int:
     check.add_argument("--json", action="store_true", help="print the evidence list as JSON on stdout")
     check.add_argument("--no-cache", action="store_true", help="run every answer even if cached evidence exists")
     check.add_argument("--db", default=DEFAULT_DB, help=f"SQLite evidence cache (default: {DEFAULT_DB})")
-    check.add_argument("--timeout", type=float, default=Limits.timeout, help="seconds per answer (default: %(default)s)")
-    check.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, help="answers run at once (default: %(default)s)")
+    check.add_argument("--timeout", type=positive(float), default=Limits.timeout, help="seconds per answer (default: %(default)s)")
+    check.add_argument("--memory-mb", type=positive(float), default=DEFAULT_MEMORY_MB,
+                       help="MiB an answer may allocate (default: %(default)s)")
+    check.add_argument("--output-kib", type=positive(float), default=DEFAULT_OUTPUT_KIB,
+                       help="KiB of output kept per snippet (default: %(default)s)")
+    check.add_argument("-j", "--jobs", type=positive(int), default=os.cpu_count() or 1, help="answers run at once (default: %(default)s)")
     new = commands.add_parser("new", help="write a skeleton answer for a question")
     new.add_argument("question", help='the question as a learner asks it, e.g. "Why is ReLU better than sigmoid?"')
     new.add_argument("--dir", default=DEFAULT_ANSWERS, help=f"answers directory (default: {DEFAULT_ANSWERS})")
@@ -89,7 +107,7 @@ def cmd_check(args) -> int:
     store = Store(args.db)
     started, results = time.monotonic(), []
     print(f"checking {len(answers)} answer(s), {args.jobs} at a time", file=sys.stderr, flush=True)
-    with Runner(Limits(timeout=args.timeout)) as runner:
+    with Runner(Limits.of(args.timeout, args.memory_mb, args.output_kib)) as runner:
         done = check_all(answers.values(), runner, store, use_cache=not args.no_cache, jobs=args.jobs)
         for number, (answer, evidence, cached) in enumerate(done, 1):
             passed, total = ev.checks_count(evidence)

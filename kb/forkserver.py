@@ -58,7 +58,7 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
 
 
 class CappedText(io.TextIOBase):
-    """A text sink that keeps the first `cap` characters and notes that more were dropped."""
+    """A text sink that keeps the first `cap` bytes (UTF-8) and notes that more were dropped."""
 
     def __init__(self, cap: int):
         self.cap, self.parts, self.size, self.truncated = cap, [], 0, False
@@ -67,14 +67,18 @@ class CappedText(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
+        written = len(text)
+        size = written if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
         room = self.cap - self.size
-        if len(text) > room:
+        if size > room:
             self.truncated = True
-            text = text[:max(room, 0)]
+            # Cut at a byte count, never inside a character.
+            text = text.encode("utf-8", "surrogatepass")[:max(room, 0)].decode("utf-8", "ignore")
+            size = len(text.encode("utf-8", "surrogatepass"))
         if text:
             self.parts.append(text)
-            self.size += len(text)
-        return len(text)
+            self.size += size
+        return written
 
     def getvalue(self) -> str:
         return "".join(self.parts)

@@ -11,7 +11,7 @@ import pytest
 
 from .answer import load_answers
 from .checker import evidence_for
-from .runner import Limits, Runner
+from .runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits, Runner
 from .store import Store
 
 
@@ -20,6 +20,8 @@ def pytest_addoption(parser):
     group.addoption("--kb-cache", metavar="DB", default=None,
                     help="reuse cached evidence from this SQLite file (default: always run the snippets)")
     group.addoption("--kb-timeout", type=float, default=Limits.timeout, help="seconds per answer")
+    group.addoption("--kb-memory-mb", type=float, default=DEFAULT_MEMORY_MB, help="MiB an answer may allocate")
+    group.addoption("--kb-output-kib", type=float, default=DEFAULT_OUTPUT_KIB, help="KiB of output kept per snippet")
 
 
 def pytest_collect_file(file_path, parent):
@@ -32,7 +34,9 @@ def _runner(config) -> Runner:
     """One runner (one fork server) per pytest process, closed when the session ends."""
     runner = getattr(config, "_kb_runner", None)
     if runner is None:
-        runner = config._kb_runner = Runner(Limits(timeout=config.getoption("kb_timeout")))
+        limits = Limits.of(config.getoption("kb_timeout"), config.getoption("kb_memory_mb"),
+                           config.getoption("kb_output_kib"))
+        runner = config._kb_runner = Runner(limits)
         config.add_cleanup(runner.close)
     return runner
 

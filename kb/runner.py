@@ -30,7 +30,16 @@ SEED = 0
 class Limits:
     timeout: float = 30.0  # seconds of wall-clock time per answer
     memory: int = 1 << 30  # bytes a child may allocate beyond the preloaded interpreter
-    output: int = 64 << 10  # characters of stdout (and of stderr) kept per snippet
+    output: int = 64 << 10  # bytes (UTF-8) of stdout, and of stderr, kept per snippet
+
+    @classmethod
+    def of(cls, timeout: float, memory_mb: float, output_kib: float) -> Limits:
+        """Limits in the units people set them in (the CLI, pytest and the service's settings)."""
+        return cls(timeout=float(timeout), memory=int(memory_mb * 2**20), output=int(output_kib * 2**10))
+
+
+DEFAULT_MEMORY_MB = Limits.memory >> 20
+DEFAULT_OUTPUT_KIB = Limits.output >> 10
 
 
 class Runner:

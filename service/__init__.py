@@ -2,6 +2,7 @@
 
 `create_app(config)` follows Flask's app-factory habit. Configuration (keys or environment):
 KB_ANSWERS (answers directory), KB_DB (SQLite file), KB_TIMEOUT (seconds per answer run),
+KB_MEMORY_MB and KB_OUTPUT_KIB (the runner's other limits),
 KB_MAX_RUNS (re-runs at once per process), KB_RUN_MISSING (run uncached answers at start-up).
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 from flask import Flask, request
 
 from kb.library import Library
-from kb.runner import Limits
+from kb.runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits
 
 from .api import api
 from .pages import pages
@@ -22,6 +23,8 @@ DEFAULTS = {
     "KB_ANSWERS": "answers",
     "KB_DB": ".kb/kb.sqlite3",
     "KB_TIMEOUT": Limits.timeout,
+    "KB_MEMORY_MB": DEFAULT_MEMORY_MB,
+    "KB_OUTPUT_KIB": DEFAULT_OUTPUT_KIB,
     "KB_MAX_RUNS": 2,
     "KB_RUN_MISSING": True,
     "KB_STATIC": False,
@@ -40,7 +43,8 @@ def create_app(config: dict | None = None) -> Flask:
     app.json.sort_keys = False
     app.json.ensure_ascii = False
 
-    library = Library(app.config["KB_ANSWERS"], app.config["KB_DB"], Limits(timeout=float(app.config["KB_TIMEOUT"])),
+    limits = Limits.of(app.config["KB_TIMEOUT"], app.config["KB_MEMORY_MB"], app.config["KB_OUTPUT_KIB"])
+    library = Library(app.config["KB_ANSWERS"], app.config["KB_DB"], limits,
                       run_changed=app.config["KB_RUN_MISSING"] and not app.config["KB_STATIC"])
     if app.config["KB_RUN_MISSING"]:
         library.run_missing()

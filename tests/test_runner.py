@@ -47,6 +47,17 @@ def test_output_flood_is_cut_at_the_cap_and_flagged(answers_dir, tmp_path):
     assert "output truncated" in proc.stderr
 
 
+def test_memory_and_output_limits_are_set_from_the_command_line(answers_dir, tmp_path):
+    (answers_dir / "limits.md").write_text(answer_text(snippets=[
+        'print("é" * 3000)\ncheck("ran to the end", True)', 'import numpy as np\nbig = np.ones(40 * 2**20 // 8)']))
+    proc, evidence = check_json(answers_dir, "--no-cache", "--output-kib", "1", "--memory-mb", "20", cwd=tmp_path)
+    printed, allocated = evidence["limits"]["snippets"]
+    assert printed["truncated"] and len(printed["stdout"].encode()) <= 1024 and printed["stdout"] == "é" * 512
+    assert allocated["error"]["type"] == "MemoryError" and "20 MiB" in allocated["error"]["message"]
+    proc, evidence = check_json(answers_dir, "--no-cache", cwd=tmp_path)
+    assert evidence["limits"]["status"] == "passed", "the default limits allow both"
+
+
 def test_child_processes_of_a_snippet_do_not_outlive_it(answers_dir, tmp_path):
     (answers_dir / "kids.md").write_text(answer_text(snippets=[
         'import subprocess\nkids = [subprocess.Popen(["sleep", "4321.5"]) for _ in range(20)]\n'
@@ -161,4 +172,7 @@ def test_runner_is_safe_to_call_from_many_threads(answers_dir):
 
 def test_usage_errors_exit_2(tmp_path):
     assert run_cli("check", tmp_path / "nowhere.md", cwd=tmp_path).returncode == 2
+    for option, value in (("--timeout", "0"), ("--timeout", "-1"), ("--memory-mb", "0"), ("-j", "0"), ("--timeout", "soon")):
+        proc = run_cli("check", tmp_path, option, value, cwd=tmp_path)
+        assert proc.returncode == 2 and option in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert run_cli("frobnicate", cwd=tmp_path).returncode == 2
