@@ -129,7 +129,12 @@ def _front_matter(shown: str, lines: list[str]):
         raise FormatError(shown, 2, "invalid YAML in front matter: nested too deeply") from None
     if not isinstance(data, dict):
         raise FormatError(shown, 2, "front matter must be a mapping of keys to values")
-    key_lines = {str(k.value): k.start_mark.line + 2 for k, _ in node.value}
+    key_lines: dict[str, int] = {}
+    for key_node, _ in node.value:
+        key, line = str(key_node.value), key_node.start_mark.line + 2
+        if key in key_lines:  # YAML would quietly keep the last value
+            raise FormatError(shown, line, f"'{key}' is given twice (first on line {key_lines[key]})")
+        key_lines[key] = line
     for key in data:  # keys brought in by a '<<' merge: report them at the merge
         key_lines.setdefault(str(key), key_lines.get("<<", 2))
     meta = {}

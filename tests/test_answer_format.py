@@ -58,6 +58,7 @@ BROKEN = {
     "unclosed fence": ("---\ntitle: t\nsummary: s\n---\n\ntext\n\n```python\nx = 1\n", 8, "never closed"),
     "unknown attribute": ("---\ntitle: t\nsummary: s\n---\n```python no-run\nx\n```\n", 5, "unknown snippet attribute"),
     "unknown related": ("---\ntitle: t\nsummary: s\nrelated: [nowhere]\n---\n", 4, "related slug 'nowhere'"),
+    "repeated key": ("---\ntitle: t\nsummary: s\ntitle: u\n---\n", 4, "'title' is given twice (first on line 2)"),
 }
 
 
