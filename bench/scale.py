@@ -8,7 +8,7 @@ bigger vocabulary), in sentences, paragraphs, headings and `$…$` formulas. No 
 
 Each size is measured in a fresh process (`python -m bench.scale measure DIR BUILDS PASSES`):
 `create_app` (KB_RUN_MISSING false, fresh database) with its phases timed where they are called
-(loading, parsing, YAML, index build, body cleaning, content hash), the process's RSS before and
+(loading, parsing, YAML, index build, body cleaning, digests), the process's RSS before and
 after, `/api/search` latency through Flask's test client and `SearchIndex.search` latency
 directly, and the index build again on fresh databases.
 """
@@ -244,7 +244,7 @@ def measure(directory: Path, builds: int, passes: int) -> dict:
     timers.wrap(yaml, "load", "yaml")
     timers.wrap(SearchIndex, "rebuild", "index build")
     timers.wrap(kb.index, "document", "clean_body")
-    timers.wrap(kb.index, "content_hash", "content hash")
+    timers.wrap(kb.index, "digest", "digests")
     before = _rss_kib()
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -366,7 +366,7 @@ def report(results: dict) -> tuple[str, dict]:
         "scored before the best 5 are kept (kb/index.py `SearchIndex.search`).",
         "",
         "Where `create_app`'s time goes, in seconds, timed where each function is called during `create_app` "
-        "(nested: YAML is part of parsing, parsing part of loading; body cleaning and the content hash are part "
+        "(nested: YAML is part of parsing, parsing part of loading; body cleaning and the answers' digests are part "
         "of the index build). \"Beyond parsing\" is what `load_answers` did besides parsing (the `related` "
         "check). The last column is the change check a request triggers at most once a second "
         "(`Library._files`: list and stat every answer file).",
@@ -380,11 +380,11 @@ def report(results: dict) -> tuple[str, dict]:
                      f"{p['load_answers']:.1f}", f"{p['parse']:.1f}", f"{p['yaml']:.1f}",
                      (f"{r['load_projected_s']:.1f} projected \\*" if r["patched"] else
                       f"{p['load_answers'] - p['parse']:.2f}"),
-                     f"{p['index build']:.2f}", f"{p['clean_body']:.2f}", f"{p['content hash']:.2f}",
+                     f"{p['index build']:.2f}", f"{p['clean_body']:.2f}", f"{p['digests']:.2f}",
                      f"{r['create_s'] - p['load_answers'] - p['index build']:.2f}", f"{r['files_ms']:.1f}"])
     lines += [
         table(["answers", "create_app", "load_answers", "parsing", "YAML", "beyond parsing",
-               "index build", "clean_body", "content hash", "rest", "change check, ms"], rows),
+               "index build", "clean_body", "digests", "rest", "change check, ms"], rows),
         "",
     ]
     def beyond(n):  # seconds load_answers spends beyond parsing, measured, or projected when patched

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # and 0.87 (76 of 87) with 18: each new answer competes for some phrasings, sometimes rightly
 # (then re-point the phrasing to it). Kept at 0.8 so that one new answer does not fail the build;
 # raise it when the measured rate goes up.
-TOP1_THRESHOLD = 0.85  # measured 0.883 on 145 phrasings over 23 answers
+TOP1_THRESHOLD = 0.85  # measured 0.869 on 145 phrasings over 23 answers
 CORE_SLUGS = ("gradient-averaging", "relu-vs-sigmoid", "tanh-vs-sigmoid")
 
 
@@ -63,6 +63,16 @@ SYNTHETIC = [
 def rows_per_slug(db_path) -> dict:
     with sqlite3.connect(db_path) as db:
         return dict(db.execute("SELECT slug, count(*) FROM search_fts WHERE slug IS NOT NULL GROUP BY slug"))
+
+
+def fts_rows(db_path) -> dict:
+    with sqlite3.connect(db_path) as db:
+        return dict(db.execute("SELECT slug, rowid FROM search_fts WHERE slug IS NOT NULL"))
+
+
+def padding_rows(db_path) -> int:
+    with sqlite3.connect(db_path) as db:
+        return db.execute("SELECT count(*) FROM search_fts WHERE slug IS NULL").fetchone()[0]
 
 
 def normalised(text: str) -> str:
@@ -238,12 +248,19 @@ def test_rebuild_only_when_the_indexed_text_changes(tmp_path):
     edited = [*SYNTHETIC[:-1], answer("learning-rate", "How do I choose the learning rate?",
                                       summary="Try values on a log scale.", body="Use a range test.",
                                       tags=["optimization"])]
+    before = fts_rows(path)
     assert idx.rebuild(edited) is True
     assert idx.search("range test")[0]["slug"] == "learning-rate"
+    after = fts_rows(path)                                           # only the edited answer's row is new
+    assert {s: r for s, r in after.items() if s != "learning-rate"} == {s: r for s, r in before.items() if s != "learning-rate"}
+    assert after["learning-rate"] != before["learning-rate"]
     assert idx.rebuild(edited[:2]) is True                           # answers removed
     assert idx.count() == 2 and rows_per_slug(path) == {"dropout": 1, "adam": 1}
+    assert padding_rows(path) == PAD_ROWS_PER_ANSWER * 2
     assert idx.search("learning rate") == []
+    assert idx.rebuild(edited) is True and padding_rows(path) == PAD_ROWS_PER_ANSWER * len(edited)
     assert idx.rebuild([]) is True and idx.count() == 0 and idx.search("adam") == []
+    assert padding_rows(path) == 0 and rows_per_slug(path) == {}
 
 
 def test_shares_the_file_with_the_evidence_store(tmp_path):
