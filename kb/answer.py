@@ -193,10 +193,11 @@ def answer_paths(paths) -> list[Path]:
     return found
 
 
-def load_answers(paths) -> tuple[dict[str, Answer], list[FormatError]]:
+def load_answers(paths, parse=parse_answer) -> tuple[dict[str, Answer], list[FormatError]]:
     """Parse every answer under `paths`; broken files become errors, the rest are returned.
 
-    `related` slugs are checked against the answer files that sit beside each answer.
+    `related` slugs are checked against the answer files that sit beside each answer. `parse`
+    may remember earlier results (the service re-parses only files that changed).
     """
     answers, errors, folders = {}, [], {}
     for path in answer_paths(paths):
@@ -204,7 +205,7 @@ def load_answers(paths) -> tuple[dict[str, Answer], list[FormatError]]:
             errors.append(FormatError(display_path(path), 0, "no such answer file"))
             continue
         try:
-            answer = parse_answer(path)
+            answer = parse(path)
         except FormatError as exc:
             errors.append(exc)
             continue

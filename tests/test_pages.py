@@ -4,6 +4,7 @@ import time
 from html.parser import HTMLParser
 
 from conftest import answer_text
+from kb.answer import parse_answer
 from service import create_app
 from service_fixtures import write_small_answers
 
@@ -80,7 +81,11 @@ def test_broken_answer_file_is_reported_and_the_others_served(tmp_path):
     app.extensions["kb"].close()
 
 
-def test_edited_answer_is_noticed_without_restart(small_app, tmp_path):
+def test_edited_answer_is_noticed_without_restart(small_app, monkeypatch):
+    import kb.library
+
+    parsed = []
+    monkeypatch.setattr(kb.library, "parse_answer", lambda path: parsed.append(path.name) or parse_answer(path))
     library = small_app.extensions["kb"]
     library.watch_interval = 0
     client = small_app.test_client()
@@ -88,6 +93,17 @@ def test_edited_answer_is_noticed_without_restart(small_app, tmp_path):
     path.write_text(path.read_text().replace("Why do we average the gradient", "Why on earth do we average the gradient"))
     assert "Why on earth do we average" in client.get("/answers/averaging").get_data(as_text=True)
     assert client.get("/api/search?q=earth").get_json()["results"][0]["slug"] == "averaging"
+    assert parsed == ["averaging.md"], "only the edited file is parsed again"
+
+    broken = library.answers_dir / "broken-new.md"  # a new broken file: reported, the rest still served
+    broken.write_text("---\ntitle: [oops\n---\n")
+    assert client.get("/answers/averaging").status_code == 200
+    assert any("broken-new.md:3: invalid YAML" in str(error) for error in library.errors)
+    broken.unlink()
+    (library.answers_dir / "wrong-claim.md").unlink()  # a removed answer is gone
+    assert client.get("/answers/wrong-claim").status_code == 404 and library.errors == []
+    assert client.get("/api/search?q=earth").get_json()["results"][0]["slug"] == "averaging"
+    assert parsed == ["averaging.md", "broken-new.md"]
 
 
 class Tags(HTMLParser):
