@@ -30,6 +30,7 @@ DEFAULTS = {
     "KB_STATIC": False,
 }
 
+CONDITIONAL = {"HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE"}  # what can turn a 200 into a 304
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
@@ -67,9 +68,10 @@ def create_app(config: dict | None = None) -> Flask:
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
         if request.method in ("GET", "HEAD") and response.status_code == 200 and not response.is_streamed:
-            if response.get_etag()[0] is None:
+            if "ETag" not in response.headers:
                 response.add_etag()
-            response = response.make_conditional(request)
+            if CONDITIONAL.intersection(request.environ):  # only then is there anything to compare
+                response = response.make_conditional(request)
         return response
 
     return app
