@@ -57,6 +57,8 @@ FTS_SQL = (f"CREATE VIRTUAL TABLE search_fts USING fts5({', '.join(COLUMNS)}, sl
            f"tokenize = '{TOKENIZE}')")
 DOCS_SQL = "CREATE TABLE search_docs (slug TEXT PRIMARY KEY, digest TEXT NOT NULL, row INTEGER NOT NULL)"
 META_SQL = "CREATE TABLE IF NOT EXISTS search_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+INSERT_SQL = (f"INSERT INTO search_fts ({', '.join(COLUMNS)}, slug) "
+              f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})")
 # What the stored index was built with: any change and the next `rebuild` starts from scratch.
 SCHEMA_ID = json.dumps([INDEX_VERSION, FTS_SQL, DOCS_SQL, PAD_ROWS_PER_ANSWER])
 BULK_FRACTION = 0.2  # re-indexing more than this share of the rows ends with an FTS5 'optimize'
@@ -276,8 +278,6 @@ class SearchIndex:
         db = self.connection()
         if self._schema_current(db) and self._indexed(db) == digests:
             return False
-        insert = (f"INSERT INTO search_fts ({', '.join(COLUMNS)}, slug) "
-                  f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})")
         with self.database.write():
             self._ensure_schema(db)
             indexed = self._indexed(db)
@@ -286,11 +286,10 @@ class SearchIndex:
             stale = [slug for slug, old in indexed.items() if digests.get(slug) != old]
             fresh = sorted(slug for slug, new in digests.items() if indexed.get(slug) != new)
             for slug in stale:
-                (row,) = db.execute("SELECT row FROM search_docs WHERE slug = ?", (slug,)).fetchone()
-                db.execute("DELETE FROM search_fts WHERE rowid = ?", (row,))
+                db.execute("DELETE FROM search_fts WHERE rowid = (SELECT row FROM search_docs WHERE slug = ?)", (slug,))
                 db.execute("DELETE FROM search_docs WHERE slug = ?", (slug,))
             for slug in fresh:
-                row = db.execute(insert, document(wanted[slug])).lastrowid
+                row = db.execute(INSERT_SQL, document(wanted[slug])).lastrowid
                 db.execute("INSERT INTO search_docs VALUES (?, ?, ?)", (slug, digests[slug], row))
             self._pad(db, PAD_ROWS_PER_ANSWER * len(digests))
             if len(stale) + len(fresh) > BULK_FRACTION * max(len(digests), 1):
@@ -301,9 +300,7 @@ class SearchIndex:
         """Keep `wanted` empty padding rows (see `PAD_ROWS_PER_ANSWER`)."""
         have = int(self._meta(db, "padding") or 0)
         if wanted > have:
-            db.executemany(f"INSERT INTO search_fts ({', '.join(COLUMNS)}, slug) VALUES "
-                           f"({', '.join('?' * (len(COLUMNS) + 1))})",
-                           [("",) * len(COLUMNS) + (None,)] * (wanted - have))
+            db.executemany(INSERT_SQL, [("",) * len(COLUMNS) + (None,)] * (wanted - have))
         elif wanted < have:
             db.execute("DELETE FROM search_fts WHERE rowid IN "
                        "(SELECT rowid FROM search_fts WHERE slug IS NULL LIMIT ?)", (have - wanted,))

@@ -94,7 +94,6 @@ def build(answers_dir, db_path, outdir) -> tuple[int, list]:
 
 def _relative_json(value, page: str, files: dict):
     """The JSON twin with its links relative: `url`s, `figures` and the links in `html`."""
-    relative = lambda url: posixpath.relpath(files[url], posixpath.dirname(page) or ".")  # noqa: E731
     if isinstance(value, list):
         return [_relative_json(v, page, files) for v in value]
     if not isinstance(value, dict):
@@ -102,9 +101,9 @@ def _relative_json(value, page: str, files: dict):
     out = {}
     for key, item in value.items():
         if key == "url" and item in files:
-            out[key] = relative(item)
+            out[key] = _relative(files[item], page)
         elif key == "figures" and isinstance(item, list) and all(url in files for url in item):
-            out[key] = [relative(url) for url in item]
+            out[key] = [_relative(files[url], page) for url in item]
         elif key == "html" and isinstance(item, str):
             out[key] = _relative_links(item, page, files)
         else:
@@ -112,10 +111,13 @@ def _relative_json(value, page: str, files: dict):
     return out
 
 
+def _relative(target: str, page: str) -> str:
+    """The path of exported file `target` as seen from exported file `page`."""
+    return posixpath.relpath(target, posixpath.dirname(page) or ".")
+
+
 def _relative_links(html: str, page: str, files: dict) -> str:
     """Point every site-absolute link at the exported file, relative to `page`."""
-    here = posixpath.dirname(page)
-
     def rewrite(match):
         url = match["url"]
         path, _, fragment = url.partition("#")
@@ -123,8 +125,7 @@ def _relative_links(html: str, page: str, files: dict) -> str:
         target = files.get(path)
         if target is None:
             raise RuntimeError(f"{page} links to {url}, which the export does not write")
-        relative = posixpath.relpath(target, here or ".")
-        return f'{match["attr"]}="{relative}{"#" + fragment if fragment else ""}"'
+        return f'{match["attr"]}="{_relative(target, page)}{"#" + fragment if fragment else ""}"'
 
     return LINK_RE.sub(rewrite, html)
 
