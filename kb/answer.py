@@ -12,11 +12,14 @@ from pathlib import Path
 
 import yaml
 
+from .topics import BY_KEY as TOPICS
+
 SLUG_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 FENCE_RE = re.compile(r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*?)[ \t]*$")
 SNIPPET_ATTRS = {"norun", "hide"}
 REQUIRED = ("title", "summary")
 LISTS = ("aliases", "tags", "related", "sources")
+OPTIONAL = ("topic",)  # one of kb.topics; `kb lint` asks for it, the format allows it missing
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster, same safe subset
 LINE_BREAK_RE = re.compile(r"\r\n|\r|\n")
 BOM = "\ufeff"
@@ -80,6 +83,7 @@ class Answer:
     related: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     key_lines: dict[str, int] = field(default_factory=dict)
+    topic: str | None = None
 
     @property
     def runnable(self) -> list[Snippet]:
@@ -148,8 +152,12 @@ def _front_matter(shown: str, lines: list[str]):
             if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
                 raise FormatError(shown, line, f"'{key}' must be a list of non-empty strings")
             meta[key] = [v.strip() for v in value]
+        elif key == "topic":
+            if not isinstance(value, str) or value not in TOPICS:
+                raise FormatError(shown, line, f"'topic' must be one of: {', '.join(TOPICS)}")
+            meta[key] = value
         else:
-            allowed = ", ".join(REQUIRED + LISTS)
+            allowed = ", ".join(REQUIRED + LISTS + OPTIONAL)
             raise FormatError(shown, line, f"unknown key '{key}' (allowed: {allowed})")
     for key in REQUIRED:
         if key not in meta:

@@ -6,6 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .answer import SLUG_RE, FormatError
+from .topics import BY_KEY as TOPICS
 
 SKELETON = '''---
 title: {title}
@@ -65,7 +66,7 @@ def lint(answers: dict, evidence: dict) -> list[FormatError]:
     """Problems a reader would hit that the format itself allows.
 
     `evidence` maps slug to evidence (for figures' alt text). Reported: answers with no check,
-    figures without alt text, related links only one way, answers no other answer links to, and
+    figures without alt text, no topic, related links only one way, answers no other answer links to, and
     an alias used by two answers (or equal to another answer's title).
     """
     problems = []
@@ -81,6 +82,8 @@ def lint(answers: dict, evidence: dict) -> list[FormatError]:
 
     for slug, answer in sorted(answers.items()):
         lines = answer.key_lines
+        if answer.topic is None:
+            problems.append(FormatError(answer.path, 1, f"no topic: add 'topic:' with one of {', '.join(TOPICS)}"))
         if not any(re.search(r"\bcheck\(", s.code) for s in answer.runnable):
             problems.append(FormatError(answer.path, answer.body_line, "no check(...): every claim needs computed evidence"))
         for snippet in evidence.get(slug, {}).get("snippets", []):

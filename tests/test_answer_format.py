@@ -58,6 +58,7 @@ BROKEN = {
     "unclosed fence": ("---\ntitle: t\nsummary: s\n---\n\ntext\n\n```python\nx = 1\n", 8, "never closed"),
     "unknown attribute": ("---\ntitle: t\nsummary: s\n---\n```python no-run\nx\n```\n", 5, "unknown snippet attribute"),
     "unknown related": ("---\ntitle: t\nsummary: s\nrelated: [nowhere]\n---\n", 4, "related slug 'nowhere'"),
+    "unknown topic": ("---\ntitle: t\nsummary: s\ntopic: calculus\n---\n", 4, "'topic' must be one of: neural-network-basics"),
     "repeated key": ("---\ntitle: t\nsummary: s\ntitle: u\n---\n", 4, "'title' is given twice (first on line 2)"),
 }
 
@@ -111,3 +112,11 @@ def test_lines_are_numbered_as_editors_and_python_number_them(answers_dir, tmp_p
     assert [c["value"] for c in result["checks"]] == ["5"] and result["checks"][0]["passed"]
     assert result["error"]["type"] == "ZeroDivisionError" and result["error"]["line"] == 11
     assert proc.returncode == 1 and evidence["with-bom"]["status"] == "passed"
+
+
+def test_topic_is_one_of_the_fixed_sections(answers_dir):
+    (answers_dir / "placed.md").write_text(answer_text(extra="topic: optimization\n"))
+    (answers_dir / "unplaced.md").write_text(answer_text())
+    answers, errors = load_answers([answers_dir])
+    assert errors == []
+    assert answers["placed"].topic == "optimization" and answers["unplaced"].topic is None

@@ -41,6 +41,7 @@ def test_lint_reports_what_readers_would_trip_over(answers_dir, tmp_path):
     assert "answers/beta.md:5: no check(...)" in out or "answers/beta.md:6: no check(...)" in out
     assert "answers/alpha.md:4: alias 'shared phrasing' is also used by beta" in out
     assert "answers/gamma.md" in out and "no other answer links here" in out
+    assert "answers/gamma.md:1: no topic: add 'topic:' with one of neural-network-basics" in out
 
 
 def test_lint_passes_on_the_knowledge_base(tmp_path):
