@@ -1,9 +1,14 @@
 """The knowledge base as a running service sees it: answers, their evidence, their index.
 
-One object per process. It reloads `answers/` when a file changes (checked at most once a
-second, by file names, sizes and modification times), keeps the search index in step, and
-reads or produces evidence through the cache; with `run_changed`, answers whose code changed
-are re-run in a background thread (edited prose only re-renders: the cache key ignores it). The service and the static export both use it.
+One object per app. It reloads `answers/` when a file changes (checked at most once a second,
+by file names, sizes and modification times), keeps the search index in step, and reads or
+produces evidence through the cache; with `run_changed`, answers whose code changed are re-run
+in a background thread (edited prose only re-renders: the cache key ignores it). The service
+and the static export both use it, only through its methods.
+
+A reload publishes a new immutable `Snapshot` (answers, format errors, their rendered bodies)
+in one assignment. A request takes one snapshot and reads only it, so a page can never mix the
+answer of one reload with the generation or rendered body of another.
 """
 from __future__ import annotations
 
@@ -12,10 +17,13 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from . import evidence as ev
-from .answer import FormatError, load_answers, parse_answer
+from .answer import Answer, FormatError, load_answers, parse_answer
 from .checker import check_all, evidence_for
 from .index import SearchIndex
 from .render import Rendered, render_answer
@@ -23,6 +31,26 @@ from .runner import Limits, Runner
 from .store import Store
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The answers of one reload. `rendered` fills a private cache of *these* answers' bodies."""
+
+    generation: int
+    answers: Mapping[str, Answer]
+    errors: tuple[FormatError, ...]
+    _bodies: dict[str, Rendered] = field(default_factory=dict, repr=False, compare=False)
+
+    def rendered(self, answer: Answer) -> Rendered:
+        """The answer's rendered body, made once per snapshot (Markdown and MathML cost ms)."""
+        body = self._bodies.get(answer.slug)
+        if body is None:
+            body = self._bodies[answer.slug] = render_answer(answer)
+        return body
+
+
+EMPTY = Snapshot(0, MappingProxyType({}), ())
 
 
 class Library:
@@ -33,16 +61,26 @@ class Library:
         self.index = SearchIndex(db_path)
         self.limits = limits or Limits()
         self.watch_interval = watch_interval
-        self.answers, self.errors = {}, []
-        self._rendered: dict = {}
-        self.generation = 0  # bumps on every reload: a cheap key for caches derived from answers
+        self.snapshot = EMPTY  # replaced, never changed, on every reload
         self._runner: Runner | None = None
         self._lock = threading.Lock()
-        self._snapshot, self._checked = None, 0.0
+        self._files_seen, self._checked = None, 0.0
         self._parsed: dict = {}  # path -> ((mtime, size), Answer or FormatError) of the last load
         # Answers whose code changed are re-run off the request path, one batch at a time.
         self._background = ThreadPoolExecutor(max_workers=1) if run_changed else None
         self.refresh(force=True)
+
+    @property
+    def answers(self) -> Mapping[str, Answer]:
+        return self.snapshot.answers
+
+    @property
+    def errors(self) -> tuple[FormatError, ...]:
+        return self.snapshot.errors
+
+    @property
+    def generation(self) -> int:
+        return self.snapshot.generation
 
     @property
     def runner(self) -> Runner:
@@ -74,10 +112,10 @@ class Library:
             pass
         return tuple(sorted(found))
 
-    def _parse_remembered(self, snapshot):
+    def _parse_remembered(self, files):
         """`parse_answer`, reusing the last result for a file whose (mtime, size) is unchanged:
         an edit re-parses one file, not the knowledge base (10,000 answers: seconds)."""
-        stats = {self.answers_dir / name: (mtime, size) for name, mtime, size in snapshot}
+        stats = {self.answers_dir / name: (mtime, size) for name, mtime, size in files}
         remembered, self._parsed = self._parsed, {}
 
         def parse(path):
@@ -102,31 +140,38 @@ class Library:
             return False
         with self._lock:
             self._checked = now
-            snapshot = self._files()
-            edited = self._snapshot is not None and snapshot != self._snapshot  # not the first load
-            if snapshot == self._snapshot and not force:
+            files = self._files()
+            edited = self._files_seen is not None and files != self._files_seen  # not the first load
+            if files == self._files_seen and not force:
                 return False
-            answers, errors = load_answers([self.answers_dir], parse=self._parse_remembered(snapshot))
+            answers, errors = load_answers([self.answers_dir], parse=self._parse_remembered(files))
             self.index.rebuild(answers.values())
-            self.answers, self.errors, self._snapshot = answers, errors, snapshot
-            self._rendered = {}
-            self.generation += 1
+            self._files_seen = files
+            self.snapshot = Snapshot(self.snapshot.generation + 1, MappingProxyType(answers), tuple(errors))
         for error in errors:
             log.warning("%s", error)
         if self._background is not None and edited:
             self._background.submit(self.run_missing)
         return True
 
-    def rendered(self, answer) -> Rendered:
-        """The answer's rendered body, made once per reload (Markdown and MathML cost ms)."""
-        rendered = self._rendered.get(answer.slug)
-        if rendered is None:
-            rendered = self._rendered[answer.slug] = render_answer(answer)
-        return rendered
-
     def evidence(self, answer) -> dict:
         """The cached evidence for the answer's current code, or a `pending` record."""
         return self.store.get(answer) or ev.pending(answer)
+
+    def stamp(self, answer: Answer) -> int | None:
+        """When the answer's current evidence was stored (None: pending): a cheap cache key."""
+        return self.store.stamp(answer)
+
+    def statuses(self, answers) -> dict[str, str]:
+        """Each answer's evidence status ('pending' where its current code has none)."""
+        return self.store.statuses(answers)
+
+    def figure(self, answer: Answer, name: str) -> str | None:
+        """A figure's SVG from the answer's stored evidence."""
+        return self.store.figure(answer.slug, name)
+
+    def search(self, query: str, limit: int = 5) -> list[dict]:
+        return self.index.search(query, limit)
 
     def run(self, answer) -> dict:
         """Run the answer now (ignoring the cache) and store the fresh evidence."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import threading
 
-from flask import Flask, request
+from flask import Flask, g, request
 
 from kb.library import Library
 from kb.runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits
 
 from .api import api
+from .knowledge import ResponseCache
 from .pages import pages
 from .problems import register_error_handlers
 
@@ -50,6 +51,7 @@ def create_app(config: dict | None = None) -> Flask:
     if app.config["KB_RUN_MISSING"]:
         library.run_missing()
     app.extensions["kb"] = library
+    app.extensions["kb_responses"] = ResponseCache()  # this app's pages only
     app.extensions["kb_runs"] = threading.BoundedSemaphore(int(app.config["KB_MAX_RUNS"]))
 
     app.register_blueprint(pages)
@@ -59,6 +61,7 @@ def create_app(config: dict | None = None) -> Flask:
     @app.before_request
     def notice_edited_answers():
         library.refresh()
+        g.kb_snapshot = library.snapshot  # what this request reads, whatever reloads meanwhile
 
     @app.after_request
     def harden(response):

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, abort, jsonify, request, url_for
 
 from kb.render import highlight_python
 
-from .knowledge import answer_or_404, answer_response, library, listing, public_evidence, run_slot
+from .knowledge import answer_or_404, answer_response, library, listing, public_evidence, run_slot, snapshot
 from .openapi import spec
 
 api = Blueprint("api", __name__)
@@ -18,15 +18,14 @@ FIGURE_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
 @api.get("/healthz")
 def healthz():
-    return jsonify(status="ok", answers=len(library().answers))
+    return jsonify(status="ok", answers=len(snapshot().answers))
 
 
 @api.get("/api/answers")
 def answers():
-    lib = library()
     tag = request.args.get("tag")
-    chosen = [a for a in sorted(lib.answers.values(), key=lambda a: a.title) if tag is None or tag in a.tags]
-    statuses = lib.store.statuses(chosen)
+    chosen = [a for a in sorted(snapshot().answers.values(), key=lambda a: a.title) if tag is None or tag in a.tags]
+    statuses = library().statuses(chosen)
     return jsonify(answers=[listing(a, statuses[a.slug]) for a in chosen])
 
 
@@ -47,7 +46,7 @@ def body_html(answer) -> str:
     """The rendered answer with its snippets' code in place (evidence is in `evidence`)."""
     snippets = {s.index: s for s in answer.snippets}
     return "".join(value if kind == "html" else highlight_python(snippets[value].code)
-                   for kind, value in library().rendered(answer).parts)
+                   for kind, value in snapshot().rendered(answer).parts)
 
 
 @api.get("/api/answers/<slug>/evidence")
@@ -66,7 +65,7 @@ def run(slug):
 @api.get("/api/answers/<slug>/figures/<name>")
 def figure(slug, name):
     found = answer_or_404(slug)
-    svg = library().store.figure(found.slug, name) if re.fullmatch(FIGURE_NAME, name) else None
+    svg = library().figure(found, name) if re.fullmatch(FIGURE_NAME, name) else None
     if svg is None:
         abort(404, f"Answer '{slug}' has no figure named '{name}'.")
     response = Response(svg, mimetype="image/svg+xml")
@@ -88,7 +87,7 @@ def search():
 
 
 def search_results(query: str, limit: int) -> list[dict]:
-    return [{**hit, "url": url_for("pages.answer", slug=hit["slug"])} for hit in library().index.search(query, limit)]
+    return [{**hit, "url": url_for("pages.answer", slug=hit["slug"])} for hit in library().search(query, limit)]
 
 
 @api.get("/api/openapi.json")

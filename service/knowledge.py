@@ -1,4 +1,9 @@
-"""What both blueprints need from the knowledge base: look-ups, evidence URLs, run slots."""
+"""What both blueprints need from the knowledge base: look-ups, evidence URLs, run slots.
+
+Everything here is per app (`app.extensions`), never per process: two apps in one process (tests,
+the static export, an embedding) must not see each other's answers or cached pages. A request
+reads the one `Snapshot` it took when it started (`g`), so everything it shows is from one reload.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -6,12 +11,12 @@ import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 
-from flask import Response, abort, current_app, url_for
+from flask import Response, abort, current_app, g, url_for
 from werkzeug.exceptions import TooManyRequests
 
 from kb import evidence as ev
 from kb.answer import SLUG_RE
-from kb.library import Library
+from kb.library import Library, Snapshot
 
 RETRY_AFTER_S = 5
 
@@ -20,9 +25,16 @@ def library() -> Library:
     return current_app.extensions["kb"]
 
 
+def snapshot() -> Snapshot:
+    """The answers this request reads, taken once per request (after the reload check)."""
+    if "kb_snapshot" not in g:
+        g.kb_snapshot = library().snapshot
+    return g.kb_snapshot
+
+
 def answer_or_404(slug: str):
     """The answer for a slug; anything outside [a-z0-9-] is a 404 without touching the disk."""
-    answer = library().answers.get(slug) if SLUG_RE.fullmatch(slug) else None
+    answer = snapshot().answers.get(slug) if SLUG_RE.fullmatch(slug) else None
     if answer is None:
         abort(404, f"There is no answer named '{slug}'.")
     return answer
@@ -61,17 +73,14 @@ class ResponseCache:
         return value
 
 
-responses = ResponseCache()
-
-
 def answer_response(kind: str, answer, make, mimetype: str) -> Response:
     """A response derived from an answer and its evidence, made once per (answer file, evidence).
 
     The key is cheap to read (the reload generation and when the evidence ran), so a cached
     page costs one small SQL query and no Markdown, JSON or template work.
     """
-    lib = library()
-    key = (kind, answer.slug, lib.generation, lib.store.stamp(answer))
+    lib, responses = library(), current_app.extensions["kb_responses"]
+    key = (kind, answer.slug, snapshot().generation, lib.stamp(answer))
     body, etag = responses.get_or_make(key, lambda: make(lib.evidence(answer)))
     response = Response(body, mimetype=mimetype)
     response.set_etag(etag)

@@ -8,7 +8,7 @@ from kb import evidence as ev
 from kb.render import highlight_python, pygments_css, render_inline
 
 from .api import search_results
-from .knowledge import answer_or_404, answer_response, figure_url, library, run_slot
+from .knowledge import answer_or_404, answer_response, figure_url, library, run_slot, snapshot
 
 pages = Blueprint("pages", __name__)
 
@@ -20,12 +20,12 @@ def inline_markdown(text: str):
 
 @pages.get("/")
 def index():
-    lib = library()
-    chosen = sorted(lib.answers.values(), key=lambda a: a.title)
-    statuses = lib.store.statuses(chosen)
+    known = snapshot()
+    chosen = sorted(known.answers.values(), key=lambda a: a.title)
+    statuses = library().statuses(chosen)
     entries = [(a, statuses[a.slug]) for a in chosen]
-    tags = sorted({t for a in lib.answers.values() for t in a.tags})
-    return render_template("index.html", entries=entries, tags=tags, errors=lib.errors,
+    tags = sorted({t for a in known.answers.values() for t in a.tags})
+    return render_template("index.html", entries=entries, tags=tags, errors=known.errors,
                            alternate=url_for("api.answers"))
 
 
@@ -36,9 +36,9 @@ def answer(slug):
 
 
 def _answer_page(answer, evidence) -> str:
-    lib = library()
+    known = snapshot()
     by_index = {s["index"]: s for s in evidence["snippets"]}
-    rendered = lib.rendered(answer)
+    rendered = known.rendered(answer)
     parts = []
     for kind, value in rendered.parts:
         if kind == "html":
@@ -47,7 +47,7 @@ def _answer_page(answer, evidence) -> str:
             snippet = answer.snippets[value]
             parts.append(("snippet", highlight_python(snippet.code), snippet, by_index.get(value)))
     passed, total = ev.checks_count(evidence)
-    related = [lib.answers[s] for s in answer.related if s in lib.answers]
+    related = [known.answers[s] for s in answer.related if s in known.answers]
     version = evidence["ran_at"] or ""
     return render_template("answer.html", answer=answer, evidence=evidence, parts=parts, related=related,
                            passed=passed, total=total, toc=rendered.toc,
@@ -73,11 +73,10 @@ def search():
 
 @pages.get("/tags/<tag>")
 def tag(tag):
-    lib = library()
-    chosen = [a for a in sorted(lib.answers.values(), key=lambda a: a.title) if tag in a.tags]
+    chosen = [a for a in sorted(snapshot().answers.values(), key=lambda a: a.title) if tag in a.tags]
     if not chosen:
         abort(404, f"No answer is tagged '{tag}'.")
-    statuses = lib.store.statuses(chosen)
+    statuses = library().statuses(chosen)
     entries = [(a, statuses[a.slug]) for a in chosen]
     return render_template("tag.html", tag=tag, entries=entries, alternate=url_for("api.answers", tag=tag))
 

@@ -101,7 +101,7 @@ def test_edited_answer_is_noticed_without_restart(small_app, monkeypatch):
     assert any("broken-new.md:3: invalid YAML" in str(error) for error in library.errors)
     broken.unlink()
     (library.answers_dir / "wrong-claim.md").unlink()  # a removed answer is gone
-    assert client.get("/answers/wrong-claim").status_code == 404 and library.errors == []
+    assert client.get("/answers/wrong-claim").status_code == 404 and library.errors == ()
     assert client.get("/api/search?q=earth").get_json()["results"][0]["slug"] == "averaging"
     assert parsed == ["averaging.md", "broken-new.md"]
 
