@@ -12,10 +12,10 @@ from pathlib import Path
 
 import yaml
 
+from .blocks import Fence, blocks
 from .topics import BY_KEY as TOPICS
 
 SLUG_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-FENCE_RE = re.compile(r"^(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`]*?)[ \t]*$")
 SNIPPET_ATTRS = {"norun", "hide"}
 REQUIRED = ("title", "summary")
 LISTS = ("aliases", "tags", "related", "sources")
@@ -169,27 +169,20 @@ def _front_matter(shown: str, lines: list[str]):
 
 
 def _snippets(shown: str, lines: list[str], body_start: int) -> list[Snippet]:
-    """Find the ```python fences of the body (top-level fences, as Markdown renders them)."""
-    snippets, open_fence = [], None
-    for number in range(body_start, len(lines) + 1):
-        match = FENCE_RE.match(lines[number - 1])
-        if not match:
+    """The ```python fences of the body (top-level fences, as Markdown renders them)."""
+    snippets: list[Snippet] = []
+    for block in blocks(lines[body_start - 1:], body_start):
+        if not isinstance(block, Fence):
             continue
-        fence, info = match["fence"], match["info"]
-        if open_fence is None:
-            open_fence, open_line, open_info, code_start = fence, number, info, number + 1
-        elif fence[0] == open_fence[0] and len(fence) >= len(open_fence) and not info:
-            words = open_info.split()
-            if words and words[0] == "python":
-                unknown = set(words[1:]) - SNIPPET_ATTRS
-                if unknown:
-                    raise FormatError(shown, open_line, f"unknown snippet attribute {sorted(unknown)[0]!r} "
-                                      f"(allowed: {', '.join(sorted(SNIPPET_ATTRS))})")
-                code = "\n".join(lines[code_start - 1:number - 1])
-                snippets.append(Snippet(len(snippets), open_line, code, frozenset(words[1:])))
-            open_fence = None
-    if open_fence is not None:
-        raise FormatError(shown, open_line, f"code fence {open_fence}{open_info} is never closed")
+        if not block.closed:
+            raise FormatError(shown, block.line, f"code fence {block.fence}{block.info} is never closed")
+        words = block.words
+        if words and words[0] == "python":
+            unknown = set(words[1:]) - SNIPPET_ATTRS
+            if unknown:
+                raise FormatError(shown, block.line, f"unknown snippet attribute {sorted(unknown)[0]!r} "
+                                  f"(allowed: {', '.join(sorted(SNIPPET_ATTRS))})")
+            snippets.append(Snippet(len(snippets), block.line, "\n".join(block.code), frozenset(words[1:])))
     return snippets
 
 

@@ -29,12 +29,14 @@ import logging
 import re
 import sqlite3
 
+from .answer import split_lines
+from .blocks import Prose, blocks
 from .database import Database
 
 log = logging.getLogger(__name__)
 
 # Bump when what is indexed, or how, changes: the next `rebuild` then rebuilds.
-INDEX_VERSION = "1"
+INDEX_VERSION = "2"
 
 COLUMNS = ("title", "aliases", "summary", "tags", "body")       # then slug, UNINDEXED
 # BM25 weight per column. FTS5 adds the weighted hits of a term over the columns before BM25
@@ -83,7 +85,6 @@ please thanks thank hi hello anyone someone explain explanation understand quest
 """.split())
 
 WORD_RE = re.compile(r"[^\W_]+")          # letters and digits, as FTS5's unicode61 sees words
-FENCE_RE = re.compile(r"^(`{3,}|~{3,})[^\n]*\n(.*?)^\1[ \t]*$", re.M | re.S)
 LATEX_COMMAND_RE = re.compile(r"\\([A-Za-z]+)")
 LINK_TARGET_RE = re.compile(r"\]\([^)\s]*\)")
 COMMENT_RE = re.compile(r"#\s?(.*)$", re.M)
@@ -130,8 +131,7 @@ def clean_body(markdown: str) -> str:
     `dZ`, `rng` would make every answer look alike. (Measured: keeping all code, none, or only
     comments and strings changes the look-up rate by about one phrasing in 80.)
     """
-    def code(match):
-        text = match.group(2)
+    def code(text):
         return "\n".join(COMMENT_RE.findall(text) + [s[1] for s in STRING_RE.findall(text)]) + "\n"
 
     def command(match):
@@ -140,7 +140,8 @@ def clean_body(markdown: str) -> str:
             return " "
         return f" {name[3:] if name.startswith('var') else name} "
 
-    text = FENCE_RE.sub(code, markdown)
+    text = "\n".join("\n".join(block.lines) if isinstance(block, Prose) else code("\n".join(block.code))
+                     for block in blocks(split_lines(markdown)))
     text = LATEX_COMMAND_RE.sub(command, text)       # backslashes are in formulas, in prose
     return LINK_TARGET_RE.sub("]", text)
 

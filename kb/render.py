@@ -29,7 +29,8 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
-from .answer import FENCE_RE, split_lines
+from .answer import split_lines
+from .blocks import Prose, blocks
 
 log = logging.getLogger(__name__)
 
@@ -219,28 +220,15 @@ class _Doc:
 
     def _source(self, text: str, snippets: bool) -> str:
         """The Markdown to convert: math tokenised in prose, fences normalised or made slots."""
-        out, prose, lines, i, count = [], [], split_lines(text), 0, 0
-        while i < len(lines):
-            opening = FENCE_RE.match(lines[i])
-            if not opening:
-                prose.append(lines[i])
-                i += 1
-                continue
-            fence, words = opening["fence"], opening["info"].split()
-            end = i + 1
-            while end < len(lines) and not ((m := FENCE_RE.match(lines[end])) and not m["info"]
-                                            and m["fence"][0] == fence[0] and len(m["fence"]) >= len(fence)):
-                end += 1
-            out.append(self._protect("\n".join(prose)))
-            prose = []
-            lang = words[0] if words and re.fullmatch(r"[\w#.+-]+", words[0]) else ""
-            if snippets and lang == "python":
+        out, count = [], 0
+        for block in blocks(split_lines(text)):
+            if isinstance(block, Prose):
+                out.append(self._protect("\n".join(block.lines)))
+            elif snippets and block.language == "python":
                 out.append(self.token("s", count))
                 count += 1
             else:  # fenced_code accepts no attributes after the language: keep only the language
-                out.append("\n".join([fence + lang, *lines[i + 1:end], fence]))
-            i = end + 1
-        out.append(self._protect("\n".join(prose)))
+                out.append("\n".join([block.fence + block.language, *block.code, block.fence]))
         return "\n\n".join(out)
 
     def _slugify(self, value: str, separator: str) -> str:

@@ -14,7 +14,10 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from kb.answer import FENCE_RE, SLUG_RE, FormatError, display_path, parse_answer
+from kb.answer import SLUG_RE, FormatError, display_path, parse_answer
+from kb.blocks import FENCE_RE
+from kb.index import clean_body
+from kb.render import render_answer
 
 PROPERTY = settings(max_examples=200, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -187,3 +190,32 @@ def test_valid_answers_parse_with_their_snippets_at_their_lines(case):
     for snippet in answer.snippets:
         assert lines[snippet.line - 1].lstrip("`~").strip().split()[0] == "python", "the fence line opens the snippet"
     assert answer.runnable == [s for s in answer.snippets if "norun" not in s.attrs]
+
+
+@st.composite
+def marked_answers(draw):
+    """(text, markers): an answer whose every fence is followed by a paragraph of one marker word."""
+    lines, markers = ["---", "title: Why?", "summary: Because.", "---"], []
+    for number in range(draw(st.integers(1, 6))):
+        if draw(st.booleans()):
+            lines.extend(draw(st.lists(typed.filter(prose_line), max_size=3)))
+        block, _ = draw(fenced_blocks(len(lines) + 1))
+        markers.append(f"afterfence{'abcdefgh'[number]}marker")
+        lines.extend([*block, "", markers[-1], ""])
+    return "\n".join(lines), markers
+
+
+@given(case=marked_answers())
+@PROPERTY
+def test_parser_renderer_and_index_agree_on_every_fence(case):
+    """The three readers of a body share one lexer: the same snippets, and the prose after every
+    fence (closed by a fence as long or longer) is both shown and searchable."""
+    text, markers = case
+    answer = parse_answer(Path("answers") / "generated.md", text)
+    parts = render_answer(answer).parts
+    slots = [value for kind, value in parts if kind == "snippet"]
+    assert slots == [s.index for s in answer.snippets], "one evidence slot per snippet, in order"
+    shown = "".join(value for kind, value in parts if kind == "html")
+    searchable = clean_body(answer.body)
+    for marker in markers:
+        assert marker in shown and marker in searchable
