@@ -1,4 +1,8 @@
-"""`python -m kb …`: check answers from a terminal or CI."""
+"""`kb …` (or `python -m kb …`): check, write and lint answers from a terminal or CI.
+
+The core library never imports the service: `kb build` (the static export renders the
+service's pages) is added by `service.cli`, which the installed `kb` command runs.
+"""
 from __future__ import annotations
 
 import argparse
@@ -32,8 +36,9 @@ def positive(kind):
     return parse
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kb", description="Executable answers about neural-network fundamentals.")
+def main(argv=None, extensions=()) -> int:
+    """Parse and run a command. Each extension adds sub-commands: `extend(commands) -> {name: run}`."""
+    parser = argparse.ArgumentParser(prog="kb", description="Executable answers about neural-network fundamentals.")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="run answers' snippets and report their evidence")
     check.add_argument("paths", nargs="*", metavar="PATH", help=f"answer files or directories (default: {DEFAULT_ANSWERS})")
@@ -53,12 +58,11 @@ def main(argv=None) -> int:
                                             "figures without alt text, duplicated aliases")
     lint.add_argument("paths", nargs="*", metavar="PATH", help=f"answer files or directories (default: {DEFAULT_ANSWERS})")
     lint.add_argument("--db", default=DEFAULT_DB, help=f"SQLite evidence cache (default: {DEFAULT_DB})")
-    build = commands.add_parser("build", help="write the knowledge base as static HTML")
-    build.add_argument("outdir", help="output directory: new, empty, or an earlier export (which is replaced)")
-    build.add_argument("--answers", default=DEFAULT_ANSWERS, help=f"answers directory (default: {DEFAULT_ANSWERS})")
-    build.add_argument("--db", default=DEFAULT_DB, help=f"SQLite evidence cache (default: {DEFAULT_DB})")
+    run = {"check": cmd_check, "new": cmd_new, "lint": cmd_lint}
+    for extend in extensions:
+        run.update(extend(commands))
     args = parser.parse_args(argv)
-    return {"check": cmd_check, "new": cmd_new, "lint": cmd_lint, "build": cmd_build}[args.command](args)
+    return run[args.command](args)
 
 
 def cmd_new(args) -> int:
@@ -80,20 +84,6 @@ def cmd_lint(args) -> int:
         print(problem)
     print(f"{len(answers)} answer(s), {len(problems)} problem(s)", file=sys.stderr)
     return 1 if problems else 0
-
-
-def cmd_build(args) -> int:
-    from service.export import ExportError, build  # the service's pages, written as files
-
-    try:
-        pages, errors = build(args.answers, args.db, args.outdir)
-    except ExportError as exc:
-        print(f"kb build: {exc}", file=sys.stderr)
-        return 2
-    for error in errors:
-        print(error, file=sys.stderr)
-    print(f"wrote {pages} pages to {args.outdir}")
-    return 2 if errors else 0
 
 
 def cmd_check(args) -> int:

@@ -1,4 +1,4 @@
-"""`python -m kb build OUTDIR`: the whole knowledge base as static files, linked relatively.
+"""`kb build OUTDIR`: the whole knowledge base as static files, linked relatively.
 
 The pages are the service's own, fetched through Flask's test client with `KB_STATIC` set (no
 "Run again" form; search runs in the browser over `search-index.js`), then every absolute link

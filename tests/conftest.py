@@ -1,72 +1,59 @@
-"""Shared helpers: answer files in a temporary answers/ directory, the CLI, an app over small answers."""
+"""Fixtures: answer files in a temporary answers/ directory, an app over small answers, a clean
+environment, and the real answers' evidence computed once per test session."""
 from __future__ import annotations
 
-import json
+import fcntl
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
+from helpers import ROOT
+from kb.answer import load_answers
+from kb.checker import check_all
+from kb.runner import Runner
+from kb.store import Store
 from service import create_app
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def answer_text(title="A question?", summary="An answer.", snippets=(), extra="", prose="Some prose."):
-    """An answer file: front matter, prose, then one ```python fence per snippet."""
-    parts = [f"---\ntitle: {title}\nsummary: {summary}\n{extra}---\n\n{prose}\n"]
-    for code in snippets:
-        parts.append(f"\n```python\n{textwrap.dedent(code).strip()}\n```\n")
-    return "".join(parts)
+from service_fixtures import write_small_answers
 
 
-def descendants(pid: int) -> dict[int, tuple[int, str]]:
-    """{pid: (parent, command line)} of every live (non-zombie) process below `pid`."""
-    parents, commands = {}, {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
-        if state != "Z":
-            parents[int(entry.name)] = int(ppid)
-    found, frontier = {}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, ppid in parents.items():
-            if ppid == parent and child not in found:
-                found[child] = (ppid, commands.get(child, ""))
-                frontier.append(child)
-    return found
+@pytest.fixture(autouse=True)
+def no_kb_settings(monkeypatch):
+    """`create_app` and the CLI read KB_* variables: a developer's shell must not change a test."""
+    for key in [k for k in os.environ if k.startswith("KB_")]:
+        monkeypatch.delenv(key)
 
 
-def alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie has finished)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+@pytest.fixture(scope="session")
+def real_evidence(tmp_path_factory) -> Path:
+    """A database holding the evidence of the real answers, run once per test session.
+
+    xdist workers share the session's base directory: the first to need it runs the answers under
+    a lock, the others wait and reuse the file. Tests copy it (`real_db`); nobody writes to it.
+    """
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker has its own folder in the session's
+        shared = shared.parent
+    path = shared / "real-answers.sqlite3"
+    with open(shared / "real-answers.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "real-answers.done").exists():
+            answers, _ = load_answers([ROOT / "answers"])
+            with Runner() as runner:
+                for _ in check_all(answers.values(), runner, Store(path)):
+                    pass
+            (shared / "real-answers.done").touch()
+    return path
 
 
-def settle(condition, within: float = 10.0):
-    """Poll until `condition()` is truthy (processes take a moment to be reaped); return its last value."""
-    deadline = time.monotonic() + within
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
+@pytest.fixture
+def real_db(real_evidence, tmp_path) -> Path:
+    """A private copy of the real answers' evidence database, for one test to use and change."""
+    copy = tmp_path / "real.sqlite3"
+    shutil.copyfile(real_evidence, copy)
+    return copy
 
 
 @pytest.fixture
@@ -86,24 +73,8 @@ def answers_dir(tmp_path):
     return folder
 
 
-def run_cli(*args, cwd, timeout=120):
-    """`python -m kb …` as a user runs it, with the project importable."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "kb", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def check_json(folder, *args, cwd):
-    """Run `kb check --json` on a folder; return (process, evidence by slug)."""
-    proc = run_cli("check", folder, "--json", "--db", Path(cwd) / "kb.sqlite3", *args, cwd=cwd)
-    evidence = {e["slug"]: e for e in json.loads(proc.stdout)} if proc.stdout.strip() else {}
-    return proc, evidence
-
-
 @pytest.fixture
 def small_app(tmp_path):
-    from service_fixtures import write_small_answers
-
     answers = write_small_answers(tmp_path / "answers")
     app = create_app({"KB_ANSWERS": str(answers), "KB_DB": str(tmp_path / "kb.sqlite3"), "TESTING": True})
     yield app

@@ -1,7 +1,7 @@
 """A small answers directory and an app over it, for the service tests."""
 from __future__ import annotations
 
-from conftest import answer_text
+from helpers import answer_text
 
 PLOT = '''import numpy as np
 import matplotlib.pyplot as plt

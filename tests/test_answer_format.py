@@ -1,7 +1,7 @@
 """The answer file format: what parses, and the `file:line` error for what does not."""
 import pytest
 
-from conftest import answer_text, check_json, run_cli
+from helpers import answer_text, check_json, run_cli
 from kb.answer import FormatError, load_answers, parse_answer
 
 GOOD = """---

@@ -6,7 +6,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from conftest import answer_text
+from helpers import answer_text
 from kb import evidence as ev
 from service import create_app
 from service.openapi import spec

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import kb.library
-from conftest import answer_text
+from helpers import answer_text
 from service import create_app
 
 

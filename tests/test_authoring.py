@@ -1,5 +1,5 @@
 """Authoring tools through the CLI: `kb new` writes an answer `kb check` accepts; `kb lint`."""
-from conftest import answer_text, run_cli
+from helpers import answer_text, run_cli
 
 
 def test_new_writes_a_skeleton_that_check_accepts(tmp_path):
@@ -44,8 +44,8 @@ def test_lint_reports_what_readers_would_trip_over(answers_dir, tmp_path):
     assert "answers/gamma.md:1: no topic: add 'topic:' with one of neural-network-basics" in out
 
 
-def test_lint_passes_on_the_knowledge_base(tmp_path):
-    from conftest import ROOT
+def test_lint_passes_on_the_knowledge_base(real_db):
+    from helpers import ROOT
 
-    proc = run_cli("lint", ROOT / "answers", "--db", tmp_path / "db", cwd=ROOT, timeout=300)
+    proc = run_cli("lint", ROOT / "answers", "--db", real_db, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from conftest import ROOT
+from helpers import ROOT
 from service import create_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -27,8 +27,10 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory):
-    app = create_app({"KB_ANSWERS": str(ROOT / "answers"), "KB_DB": str(tmp_path_factory.mktemp("db") / "kb.sqlite3")})
+def base_url(tmp_path_factory, real_evidence):
+    db = tmp_path_factory.mktemp("db") / "kb.sqlite3"
+    shutil.copyfile(real_evidence, db)
+    app = create_app({"KB_ANSWERS": str(ROOT / "answers"), "KB_DB": str(db)})
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -117,11 +119,11 @@ def test_every_answer_page_is_clean_on_a_phone(browser, base_url):
     assert [p for p in problems if "404" not in p] == []
 
 
-def test_static_export_works_opened_from_disk(browser, tmp_path):
-    from conftest import run_cli
+def test_static_export_works_opened_from_disk(browser, tmp_path, real_db):
+    from helpers import run_cli
 
     site = tmp_path / "site"
-    built = run_cli("build", site, "--answers", ROOT / "answers", "--db", tmp_path / "db", cwd=tmp_path, timeout=300)
+    built = run_cli("build", site, "--answers", ROOT / "answers", "--db", real_db, cwd=tmp_path, timeout=300)
     assert built.returncode == 0, built.stderr
     page = browser.new_page()
     problems = []

@@ -26,7 +26,7 @@ from pathlib import Path
 from kb.library import Library
 from service_fixtures import write_small_answers
 
-from conftest import ROOT, alive, answer_text, descendants, run_cli, settle
+from helpers import alive, answer_text, descendants, run_cli, settle
 
 SLOW = "slow-answer"
 # It starts a process of its own, which must not outlive the service either.
@@ -50,7 +50,7 @@ class Service:
     """gunicorn in its own process group (so that one kill reaches all of it), on a free port."""
 
     def __init__(self, root: Path, answers: Path, db: Path, scratch: Path):
-        env = {**os.environ, "KB_ANSWERS": str(answers), "KB_DB": str(db), "PYTHONPATH": str(ROOT),
+        env = {**os.environ, "KB_ANSWERS": str(answers), "KB_DB": str(db),
                "TMPDIR": str(scratch)}  # the runner's scratch directories (kill -9 leaves them behind)
         self.log = root / f"gunicorn-{time.monotonic_ns()}.log"
         with self.log.open("w") as log:

@@ -5,7 +5,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
 
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 from service_fixtures import write_small_answers
 
 
@@ -24,9 +24,9 @@ def internal_links(page: Path):
     return [u for u in parser.urls if not re.match(r"[a-z]+:", u)]
 
 
-def build(answers, tmp_path):
+def build(answers, tmp_path, db=None):
     out = tmp_path / "site"
-    proc = run_cli("build", out, "--answers", answers, "--db", tmp_path / "db", cwd=tmp_path, timeout=300)
+    proc = run_cli("build", out, "--answers", answers, "--db", db or tmp_path / "db", cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
 
@@ -75,8 +75,8 @@ def test_build_never_replaces_what_it_did_not_write(tmp_path):
     assert (out / "index.html").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".site")] == []
 
 
-def test_export_of_the_knowledge_base_has_every_answer_with_evidence(tmp_path):
-    out = build(ROOT / "answers", tmp_path)
+def test_export_of_the_knowledge_base_has_every_answer_with_evidence(tmp_path, real_db):
+    out = build(ROOT / "answers", tmp_path, real_db)
     for source in (ROOT / "answers").glob("*.md"):
         page = out / "answers" / f"{source.stem}.html"
         html = page.read_text()

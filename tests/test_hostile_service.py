@@ -19,7 +19,7 @@ import pytest
 from markupsafe import escape
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from conftest import ROOT, answer_text, descendants, settle
+from helpers import ROOT, answer_text, descendants, settle
 from kb.forkserver import SPARES
 from service import create_app
 

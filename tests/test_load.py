@@ -22,7 +22,7 @@ from pathlib import Path
 
 from service_fixtures import write_small_answers
 
-from conftest import ROOT, alive, descendants, settle
+from helpers import alive, descendants, settle
 from kb.forkserver import SPARES
 from kb.library import Library
 
@@ -130,7 +130,7 @@ def test_reads_stay_up_while_runs_are_flooded(tmp_path, scratch):
     library.close()
 
     log = tmp_path / "gunicorn.log"
-    env = {**os.environ, "KB_ANSWERS": str(answers), "KB_DB": str(db), "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch)}
+    env = {**os.environ, "KB_ANSWERS": str(answers), "KB_DB": str(db), "TMPDIR": str(scratch)}
     with log.open("w") as out:
         server = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "8", "-b", "127.0.0.1:0",

@@ -3,7 +3,7 @@ import re
 import time
 from html.parser import HTMLParser
 
-from conftest import answer_text
+from helpers import answer_text
 from kb.answer import parse_answer
 from service import create_app
 from service_fixtures import write_small_answers

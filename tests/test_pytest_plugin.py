@@ -1,17 +1,16 @@
 """pytest collects answers/*.md: one item per snippet, failures point at the .md line."""
-import os
 import subprocess
 import sys
 
-from conftest import ROOT, answer_text
+from helpers import answer_text
 
 
 def run_pytest(folder, *args):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    """pytest in a folder outside the project: the installed plugin (a pytest11 entry point) collects answers."""
     return subprocess.run(
-        [sys.executable, "-m", "pytest", str(folder), "-p", "kb.pytest_plugin", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", str(folder), "-p", "no:cacheprovider",
          "-rA", "--kb-timeout", "3", *args],
-        cwd=folder.parent, env=env, capture_output=True, text=True, timeout=120)
+        cwd=folder.parent, capture_output=True, text=True, timeout=120)
 
 
 def write_answers(folder):
@@ -36,7 +35,7 @@ def test_each_snippet_is_an_item_and_failures_name_claim_value_and_line(answers_
     assert "answers/broken.md:4: unknown key 'author'" in out
     assert "FAILED answers/loops.md::snippet-0" in out and "longer than its 3 s limit" in out
     assert "SKIPPED" in out and "earlier snippet" in out
-    "3 failed, 3 passed, 1 skipped" in out
+    assert "3 failed, 3 passed, 1 skipped" in out
 
 
 def test_runs_under_xdist_one_answer_per_worker(answers_dir):

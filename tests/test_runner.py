@@ -4,7 +4,7 @@ import subprocess
 import threading
 import time
 
-from conftest import answer_text, check_json, run_cli
+from helpers import answer_text, check_json, run_cli
 from kb.answer import load_answers
 from kb.runner import Limits, Runner
 

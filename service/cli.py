@@ -1,0 +1,36 @@
+"""The `kb` command: the core library's commands plus `build`, which renders the service's pages.
+
+`kb build` lives here, not in `kb.cli`, so that the core library never imports Flask or the
+service (tests/test_layers.py checks the rule).
+"""
+from __future__ import annotations
+
+import sys
+
+from kb import cli
+
+from .export import ExportError, build
+
+
+def add_build(commands) -> dict:
+    parser = commands.add_parser("build", help="write the knowledge base as static HTML")
+    parser.add_argument("outdir", help="output directory: new, empty, or an earlier export (which is replaced)")
+    parser.add_argument("--answers", default=cli.DEFAULT_ANSWERS, help=f"answers directory (default: {cli.DEFAULT_ANSWERS})")
+    parser.add_argument("--db", default=cli.DEFAULT_DB, help=f"SQLite evidence cache (default: {cli.DEFAULT_DB})")
+    return {"build": cmd_build}
+
+
+def cmd_build(args) -> int:
+    try:
+        pages, errors = build(args.answers, args.db, args.outdir)
+    except ExportError as exc:
+        print(f"kb build: {exc}", file=sys.stderr)
+        return 2
+    for error in errors:
+        print(error, file=sys.stderr)
+    print(f"wrote {pages} pages to {args.outdir}")
+    return 2 if errors else 0
+
+
+def main(argv=None) -> int:
+    return cli.main(argv, extensions=[add_build])

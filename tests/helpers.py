@@ -1,0 +1,77 @@
+"""Helpers shared by the tests (a plain module: `from helpers import …`, never `from conftest`)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def answer_text(title="A question?", summary="An answer.", snippets=(), extra="", prose="Some prose."):
+    """An answer file: front matter, prose, then one ```python fence per snippet."""
+    parts = [f"---\ntitle: {title}\nsummary: {summary}\n{extra}---\n\n{prose}\n"]
+    for code in snippets:
+        parts.append(f"\n```python\n{textwrap.dedent(code).strip()}\n```\n")
+    return "".join(parts)
+
+
+def descendants(pid: int) -> dict[int, tuple[int, str]]:
+    """{pid: (parent, command line)} of every live (non-zombie) process below `pid`."""
+    parents, commands = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+        if state != "Z":
+            parents[int(entry.name)] = int(ppid)
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in found:
+                found[child] = (ppid, commands.get(child, ""))
+                frontier.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie has finished)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+
+
+def settle(condition, within: float = 10.0):
+    """Poll until `condition()` is truthy (processes take a moment to be reaped); return its last value."""
+    deadline = time.monotonic() + within
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+KB = Path(sys.executable).with_name("kb")  # the installed command (`pip install -e .`)
+
+
+def run_cli(*args, cwd, timeout=120):
+    """`kb …` as a user runs it."""
+    return subprocess.run([str(KB), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def check_json(folder, *args, cwd):
+    """Run `kb check --json` on a folder; return (process, evidence by slug)."""
+    proc = run_cli("check", folder, "--json", "--db", Path(cwd) / "kb.sqlite3", *args, cwd=cwd)
+    evidence = {e["slug"]: e for e in json.loads(proc.stdout)} if proc.stdout.strip() else {}
+    return proc, evidence
