@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +67,9 @@ class Library:
         self._files_seen, self._checked = None, 0.0
         self._parsed: dict = {}  # path -> ((mtime, size), Answer or FormatError) of the last load
         # Answers whose code changed are re-run off the request path, one batch at a time.
-        self._background = ThreadPoolExecutor(max_workers=1) if run_changed else None
+        self.run_changed = run_changed
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-evidence")
+        self._first_run: Future | None = None
         self.refresh(force=True)
 
     @property
@@ -90,8 +92,7 @@ class Library:
             return self._runner
 
     def close(self) -> None:
-        if self._background is not None:
-            self._background.shutdown(wait=True, cancel_futures=True)
+        self._background.shutdown(wait=True, cancel_futures=True)
         if self._runner is not None:
             self._runner.close()
 
@@ -150,7 +151,7 @@ class Library:
             self.snapshot = Snapshot(self.snapshot.generation + 1, MappingProxyType(answers), tuple(errors))
         for error in errors:
             log.warning("%s", error)
-        if self._background is not None and edited:
+        if self.run_changed and edited:
             self._background.submit(self.run_missing)
         return True
 
@@ -178,7 +179,18 @@ class Library:
         evidence, _ = evidence_for(answer, self.runner, self.store, use_cache=False)
         return evidence
 
-    def run_missing(self, jobs: int = 2) -> int:
+    def run_missing_in_background(self) -> Future:
+        """Start running the missing evidence off the request path: the service answers at once
+        (those pages say "evidence pending") and the terminal shows progress."""
+        self._first_run = self._background.submit(self.run_missing, progress=True)
+        return self._first_run
+
+    def wait_for_evidence(self, timeout: float | None = None) -> None:
+        """Block until the start-up run (if any) has finished; re-raise what it raised."""
+        if self._first_run is not None:
+            self._first_run.result(timeout)
+
+    def run_missing(self, jobs: int = 2, progress: bool = False) -> int:
         """Run the answers without cached evidence for their current code (or whose evidence a
         since-raised limit cut short); return how many ran.
 
@@ -188,6 +200,10 @@ class Library:
         with self.store.database.exclusive():
             missing = [a for a in self.answers.values()
                        if (cached := self.store.get(a)) is None or ev.cut_short(cached, self.limits)]
-            for answer, evidence, _ in check_all(missing, self.runner, self.store, jobs=jobs):
-                log.info("ran %s: %s", answer.slug, evidence["status"])
+            if progress and missing:
+                log.info("running %d answer(s) without evidence; their pages say 'evidence pending' until it arrives",
+                         len(missing))
+            done = check_all(missing, self.runner, self.store, jobs=jobs)
+            for number, (answer, evidence, _) in enumerate(done, 1):
+                log.info("[%*d/%d] %-8s %s", len(str(len(missing))), number, len(missing), evidence["status"], answer.slug)
         return len(missing)

@@ -3,10 +3,13 @@
 `create_app(config)` follows Flask's app-factory habit. Configuration (keys or environment):
 KB_ANSWERS (answers directory), KB_DB (SQLite file), KB_TIMEOUT (seconds per answer run),
 KB_MEMORY_MB and KB_OUTPUT_KIB (the runner's other limits),
-KB_MAX_RUNS (re-runs at once per process), KB_RUN_MISSING (run uncached answers at start-up).
+KB_MAX_RUNS (re-runs at once per process), KB_RUN_MISSING (answers without cached evidence at
+start-up: `background`, the default, runs them while the service already answers; `wait` runs
+them before `create_app` returns; `off` leaves them pending).
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
@@ -27,13 +30,27 @@ DEFAULTS = {
     "KB_MEMORY_MB": DEFAULT_MEMORY_MB,
     "KB_OUTPUT_KIB": DEFAULT_OUTPUT_KIB,
     "KB_MAX_RUNS": 2,
-    "KB_RUN_MISSING": True,
+    "KB_RUN_MISSING": "background",
     "KB_STATIC": False,
 }
 
 CONDITIONAL = {"HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE"}  # what can turn a 200 into a 304
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+RUN_MISSING = {"background": "background", "true": "background", "1": "background", "yes": "background",
+               "wait": "wait", "off": "off", "false": "off", "0": "off", "no": "off"}
+
+
+def _show_progress() -> None:
+    """Start-up progress ("[5/23] passed relu-vs-sigmoid") on stderr, unless logging is set up."""
+    logger = logging.getLogger("kb")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("kb: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -46,9 +63,15 @@ def create_app(config: dict | None = None) -> Flask:
     app.json.ensure_ascii = False
 
     limits = Limits.of(app.config["KB_TIMEOUT"], app.config["KB_MEMORY_MB"], app.config["KB_OUTPUT_KIB"])
+    run_missing = RUN_MISSING.get(str(app.config["KB_RUN_MISSING"]).lower())
+    if run_missing is None:
+        raise ValueError(f"KB_RUN_MISSING must be one of {', '.join(RUN_MISSING)}, not {app.config['KB_RUN_MISSING']!r}")
     library = Library(app.config["KB_ANSWERS"], app.config["KB_DB"], limits,
-                      run_changed=app.config["KB_RUN_MISSING"] and not app.config["KB_STATIC"])
-    if app.config["KB_RUN_MISSING"]:
+                      run_changed=run_missing != "off" and not app.config["KB_STATIC"])
+    if run_missing == "background":
+        _show_progress()
+        library.run_missing_in_background()
+    elif run_missing == "wait":
         library.run_missing()
     app.extensions["kb"] = library
     app.extensions["kb_responses"] = ResponseCache()  # this app's pages only

@@ -42,7 +42,8 @@ def check_target(outdir, answers_dir) -> Path:
 def build(answers_dir, db_path, outdir) -> tuple[int, list]:
     """Write the site into `outdir`; return (pages written, answer format errors)."""
     out = check_target(outdir, answers_dir)
-    app = create_app({"KB_ANSWERS": str(answers_dir), "KB_DB": str(db_path), "KB_STATIC": True})
+    app = create_app({"KB_ANSWERS": str(answers_dir), "KB_DB": str(db_path), "KB_STATIC": True,
+                      "KB_RUN_MISSING": "wait"})
     library = app.extensions["kb"]
     try:
         client = app.test_client()

@@ -21,9 +21,14 @@ from service_fixtures import write_small_answers
 
 @pytest.fixture(autouse=True)
 def no_kb_settings(monkeypatch):
-    """`create_app` and the CLI read KB_* variables: a developer's shell must not change a test."""
+    """`create_app` and the CLI read KB_* variables: a developer's shell must not change a test.
+
+    Apps made in tests run missing evidence before `create_app` returns (`wait`), so what a test
+    reads next does not depend on a background thread; tests/test_app_state.py covers `background`.
+    """
     for key in [k for k in os.environ if k.startswith("KB_")]:
         monkeypatch.delenv(key)
+    monkeypatch.setenv("KB_RUN_MISSING", "wait")
 
 
 @pytest.fixture(scope="session")

@@ -60,3 +60,25 @@ def test_a_reload_during_a_request_never_caches_a_stale_page(tmp_path, monkeypat
         assert "The second version." in after and "The first version." not in after
     finally:
         library.close()
+
+
+def test_first_start_answers_at_once_and_runs_missing_evidence_in_the_background(tmp_path):
+    gate = tmp_path / "gate"
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    waits = (f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.02)\n"
+             'check("the gate opened", os.path.exists(%r), True)' % str(gate))
+    (answers / "gated.md").write_text(answer_text(title="Gated?", snippets=[waits]))
+    app = create_app({"KB_ANSWERS": str(answers), "KB_DB": str(tmp_path / "kb.sqlite3"), "TESTING": True,
+                      "KB_RUN_MISSING": "background"})
+    library = app.extensions["kb"]
+    client = app.test_client()
+    try:
+        assert client.get("/api/answers/gated/evidence").get_json()["status"] == "pending"
+        assert client.get("/healthz").status_code == 200, "the service answers while the answer runs"
+        gate.touch()
+        library.wait_for_evidence(timeout=60)
+        assert client.get("/api/answers/gated/evidence").get_json()["status"] == "passed"
+    finally:
+        gate.touch()
+        library.close()
