@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import yaml
 
@@ -62,27 +65,29 @@ class Snippet:
     index: int
     line: int
     code: str
-    attrs: frozenset = frozenset()
+    attrs: frozenset[str] = frozenset()
 
     @property
     def runs(self) -> bool:
         return "norun" not in self.attrs
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Answer:
+    """One parsed answer file. Immutable: a reload makes new ones, so readers never see an edit half-applied."""
+
     slug: str
     path: str
     title: str
     summary: str
     body: str
     body_line: int
-    snippets: list[Snippet]
-    aliases: list[str] = field(default_factory=list)
-    tags: list[str] = field(default_factory=list)
-    related: list[str] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)
-    key_lines: dict[str, int] = field(default_factory=dict)
+    snippets: tuple[Snippet, ...]
+    aliases: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    related: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    key_lines: Mapping[str, int] = field(default_factory=dict)
     topic: str | None = None
 
     @property
@@ -107,11 +112,11 @@ def parse_answer(path, text: str | None = None) -> Answer:
     snippets = _snippets(shown, lines, body_start)
     return Answer(
         slug=slug, path=shown, body="\n".join(lines[body_start - 1:]), body_line=body_start,
-        snippets=snippets, key_lines=key_lines, **meta,
+        snippets=tuple(snippets), key_lines=MappingProxyType(key_lines), **meta,
     )
 
 
-def _front_matter(shown: str, lines: list[str]):
+def _front_matter(shown: str, lines: list[str]) -> tuple[dict[str, Any], dict[str, int], int]:
     """Return (validated metadata, line of each key, first body line)."""
     if not lines or lines[0].strip() != "---":
         raise FormatError(shown, 1, "missing front matter: the file must start with a '---' line")
@@ -131,7 +136,7 @@ def _front_matter(shown: str, lines: list[str]):
         raise FormatError(shown, line, f"invalid YAML in front matter: {problem}") from None
     except RecursionError:  # PyYAML composes nested collections recursively
         raise FormatError(shown, 2, "invalid YAML in front matter: nested too deeply") from None
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
         raise FormatError(shown, 2, "front matter must be a mapping of keys to values")
     key_lines: dict[str, int] = {}
     for key_node, _ in node.value:
@@ -141,7 +146,7 @@ def _front_matter(shown: str, lines: list[str]):
         key_lines[key] = line
     for key in data:  # keys brought in by a '<<' merge: report them at the merge
         key_lines.setdefault(str(key), key_lines.get("<<", 2))
-    meta = {}
+    meta: dict[str, Any] = {}
     for key, value in data.items():
         line = key_lines.get(str(key), 2)
         if key in REQUIRED:
@@ -151,7 +156,7 @@ def _front_matter(shown: str, lines: list[str]):
         elif key in LISTS:
             if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
                 raise FormatError(shown, line, f"'{key}' must be a list of non-empty strings")
-            meta[key] = [v.strip() for v in value]
+            meta[key] = tuple(v.strip() for v in value)
         elif key == "topic":
             if not isinstance(value, str) or value not in TOPICS:
                 raise FormatError(shown, line, f"'topic' must be one of: {', '.join(TOPICS)}")

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from . import evidence as ev
 
 
-def evidence_for(answer, runner, store=None, use_cache: bool = True) -> tuple[dict, bool]:
+def evidence_for(answer, runner, store=None, use_cache: bool = True) -> tuple[ev.Evidence, bool]:
     """(evidence, came_from_cache). Fresh evidence is written back to the store."""
     if store is not None and use_cache:
         cached = store.get(answer)

@@ -1,7 +1,9 @@
 """The evidence model: what running an answer's snippets showed, claim by claim.
 
 Evidence is plain data (dicts and lists) so that it crosses the process boundary, the SQLite
-cache and the JSON API unchanged; this module holds the few rules about it.
+cache and the JSON API unchanged. Its shape is written down once, as the TypedDicts below, and
+built by the constructors here (`record`, `unreached`, `pending`); this module holds the few
+rules about it.
 """
 from __future__ import annotations
 
@@ -10,9 +12,57 @@ import hashlib
 import json
 import math
 import platform
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, NotRequired, TypedDict
 
 import numpy
+
+
+class Check(TypedDict):
+    claim: str
+    passed: bool
+    value: str
+    line: int
+
+
+class Error(TypedDict):
+    type: str
+    message: str
+    line: int | None
+    traceback: str | None
+
+
+class Figure(TypedDict):
+    name: str
+    alt: str
+    svg: NotRequired[str]  # in a fresh run's record only: the store keeps figures apart
+
+
+class SnippetEvidence(TypedDict):
+    index: int
+    line: int
+    code: str
+    status: str  # passed | failed | error | timeout | skipped | norun
+    stdout: str
+    stderr: str
+    truncated: bool
+    duration_ms: float
+    error: Error | None
+    figures: list[Figure]
+    checks: list[Check]
+    attrs: NotRequired[list[str]]
+
+
+class Evidence(TypedDict):
+    slug: str
+    status: str  # passed | failed | error | timeout | pending
+    ran_at: str | None
+    duration_ms: float | None
+    environment: dict[str, str]
+    snippets: list[SnippetEvidence]
+    key: NotRequired[str]  # internal: the cache key it was stored under
+    limits: NotRequired[dict[str, float]]  # internal: the runner's limits it ran with
 
 RUNNER_VERSION = "1"
 STATUS_ORDER = ("timeout", "error", "failed", "passed")
@@ -38,22 +88,36 @@ def _key(snippets: tuple) -> str:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def answer_status(snippets: list[dict]) -> str:
+def answer_status(snippets: list[SnippetEvidence]) -> str:
     """The worst snippet status decides the answer's status."""
     seen = {s["status"] for s in snippets}
     return next((status for status in STATUS_ORDER[:-1] if status in seen), "passed")
 
 
-def pending(answer) -> dict:
+def pending(answer) -> Evidence:
     """Evidence for an answer that has not run yet."""
     return {"slug": answer.slug, "status": "pending", "ran_at": None, "duration_ms": None,
             "environment": environment(), "snippets": []}
 
 
-def rebase(evidence: dict, answer) -> dict:
+def record(answer, snippets: list[SnippetEvidence], duration_ms: float, limits: dict[str, float]) -> Evidence:
+    """The evidence of a run that just finished, as the runner stores it."""
+    return {"slug": answer.slug, "status": answer_status(snippets), "ran_at": now(),
+            "duration_ms": round(duration_ms, 3), "environment": environment(), "snippets": snippets,
+            "key": cache_key(answer), "limits": limits}
+
+
+def unreached(snippet, status: str, error: Error | None = None) -> SnippetEvidence:
+    """The record of a snippet that produced no result of its own (norun, skipped, cut short)."""
+    return {"index": snippet.index, "line": snippet.line, "code": snippet.code, "status": status,
+            "stdout": "", "stderr": "", "truncated": False, "duration_ms": 0.0, "error": error,
+            "figures": [], "checks": []}
+
+
+def rebase(evidence: Evidence, answer) -> Evidence:
     """Move the line numbers of cached evidence to where the snippets are now.
 
     The cache key ignores prose, so prose edited above a snippet shifts its lines without a re-run.
@@ -67,18 +131,19 @@ def rebase(evidence: dict, answer) -> dict:
         snippet["line"] = current.line
         for check in snippet["checks"]:
             check["line"] += shift
-        if snippet.get("error") and snippet["error"].get("line"):
-            snippet["error"]["line"] += shift
+        error = snippet["error"]
+        if error and error["line"]:
+            error["line"] += shift
     return evidence
 
 
-def checks_count(evidence: dict) -> tuple[int, int]:
+def checks_count(evidence: Evidence) -> tuple[int, int]:
     """(passed, total) checks."""
     checks = [c for s in evidence["snippets"] for c in s["checks"]]
     return sum(c["passed"] for c in checks), len(checks)
 
 
-def cut_short(evidence: dict, limits) -> bool:
+def cut_short(evidence: Evidence, limits) -> bool:
     """True if a limit stopped this evidence and has been raised since: it should run again.
 
     The cache key leaves the limits out (changing a limit must not re-run every answer), so an
@@ -91,11 +156,11 @@ def cut_short(evidence: dict, limits) -> bool:
     snippets = evidence["snippets"]
     return ((evidence["status"] == "timeout" and limits.timeout > ran_with["timeout"])
             or (limits.memory > ran_with["memory"]
-                and any((s.get("error") or {}).get("type") == "MemoryError" for s in snippets))
+                and any(s["error"] is not None and s["error"]["type"] == "MemoryError" for s in snippets))
             or (limits.output > ran_with["output"] and any(s["truncated"] for s in snippets)))
 
 
-def public(evidence: dict, figure_url) -> dict:
+def public(evidence: Evidence, figure_url: Callable[[str, str], str]) -> dict[str, Any]:
     """The contract's JSON shape: figures become URLs, non-finite floats become null."""
     out = {k: v for k, v in evidence.items() if k not in INTERNAL}
     out["snippets"] = [
@@ -106,7 +171,7 @@ def public(evidence: dict, figure_url) -> dict:
     return _finite(out)
 
 
-def _finite(value):
+def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):

@@ -155,7 +155,7 @@ class Library:
             self._background.submit(self.run_missing)
         return True
 
-    def evidence(self, answer) -> dict:
+    def evidence(self, answer) -> ev.Evidence:
         """The cached evidence for the answer's current code, or a `pending` record."""
         return self.store.get(answer) or ev.pending(answer)
 
@@ -174,7 +174,7 @@ class Library:
     def search(self, query: str, limit: int = 5) -> list[dict]:
         return self.index.search(query, limit)
 
-    def run(self, answer) -> dict:
+    def run(self, answer) -> ev.Evidence:
         """Run the answer now (ignoring the cache) and store the fresh evidence."""
         evidence, _ = evidence_for(answer, self.runner, self.store, use_cache=False)
         return evidence

@@ -30,13 +30,16 @@ def pytest_collect_file(file_path, parent):
     return None
 
 
+RUNNER = pytest.StashKey[Runner]()
+
+
 def _runner(config) -> Runner:
     """One runner (one fork server) per pytest process, closed when the session ends."""
-    runner = getattr(config, "_kb_runner", None)
+    runner = config.stash.get(RUNNER, None)
     if runner is None:
         limits = Limits.of(config.getoption("kb_timeout"), config.getoption("kb_memory_mb"),
                            config.getoption("kb_output_kib"))
-        runner = config._kb_runner = Runner(limits)
+        runner = config.stash[RUNNER] = Runner(limits)
         config.add_cleanup(runner.close)
     return runner
 

@@ -19,6 +19,7 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Literal, NamedTuple
 from xml.etree.ElementTree import tostring
 
 import markdown
@@ -37,24 +38,41 @@ log = logging.getLogger(__name__)
 LIGHT_STYLE, DARK_STYLE = "default", "github-dark"
 
 
-@dataclass
+class Html(NamedTuple):
+    """Rendered prose between snippets (sanitised HTML)."""
+
+    kind: Literal["html"]
+    html: str
+
+
+class Slot(NamedTuple):
+    """Where `answer.snippets[index]` goes: the caller fills in its code and evidence."""
+
+    kind: Literal["snippet"]
+    snippet: int
+
+
+Part = Html | Slot
+
+
+@dataclass(frozen=True, slots=True)
 class Rendered:
-    parts: list[tuple[str, object]]  # ("html", "<p>…</p>") or ("snippet", index), in document order
-    toc: str                          # the toc extension's HTML, "" when there are no headings
+    parts: tuple[Part, ...]  # in document order; a part unpacks as (kind, value) too
+    toc: str                 # the toc extension's HTML, "" when there are no headings
 
 
 def render_answer(answer) -> Rendered:
-    """Render `answer.body`; each ```python fence becomes a ("snippet", index) part."""
+    """Render `answer.body`; each ```python fence becomes a `Slot`."""
     doc = _Doc()
     body, toc = doc.render(answer.body, snippets=True)
     pieces = re.split("<p>" + doc.token("s", r"(\d+)") + "</p>", body)
-    parts = []
+    parts: list[Part] = []
     for i, piece in enumerate(pieces):
         if i % 2:
-            parts.append(("snippet", int(piece)))
+            parts.append(Slot("snippet", int(piece)))
         elif piece.strip():
-            parts.append(("html", piece.strip()))
-    return Rendered(parts, toc)
+            parts.append(Html("html", piece.strip()))
+    return Rendered(tuple(parts), toc)
 
 
 def render_markdown(text: str) -> str:
@@ -255,5 +273,6 @@ class _Doc:
     def render(self, text: str, snippets: bool) -> tuple[str, str]:
         md = _markdown(self._slugify)
         body = self._finish(_CLEANER.clean(md.convert(self._source(text, snippets))))
-        toc = self._finish(_CLEANER.clean(md.toc)) if md.toc_tokens else ""
+        # The toc extension sets these on the Markdown object (they are not declared by its class).
+        toc = self._finish(_CLEANER.clean(getattr(md, "toc"))) if getattr(md, "toc_tokens") else ""
         return body, toc

@@ -138,30 +138,22 @@ class Runner:
             shutil.rmtree(workdir, ignore_errors=True)
         return self._evidence(answer, results, fault, started)
 
-    def _evidence(self, answer, results: dict, fault, started: float) -> dict:
-        snippets, reached = [], True
+    def _evidence(self, answer, results: dict, fault, started: float) -> ev.Evidence:
+        snippets: list[ev.SnippetEvidence] = []
+        reached = True
         for snippet in answer.snippets:
             if snippet.index in results:
                 result = results[snippet.index]
                 reached = result["status"] != "error"
+            elif snippet.runs and reached and fault:
+                status, error_type, message = fault
+                result = ev.unreached(snippet, status, {"type": error_type, "message": message,
+                                                        "line": snippet.line, "traceback": None})
+                reached = False
             else:
-                status = "norun" if not snippet.runs else "skipped"
-                error = None
-                if snippet.runs and reached and fault:
-                    status, error_type, message = fault
-                    error = {"type": error_type, "message": message, "line": snippet.line, "traceback": None}
-                    reached = False
-                result = {"index": snippet.index, "line": snippet.line, "code": snippet.code,
-                          "status": status, "stdout": "", "stderr": "", "truncated": False,
-                          "duration_ms": 0.0, "error": error, "figures": [], "checks": []}
-            result["attrs"] = sorted(snippet.attrs)
-            snippets.append(result)
-        return {
-            "slug": answer.slug, "status": ev.answer_status(snippets), "ran_at": ev.now(),
-            "duration_ms": round((time.monotonic() - started) * 1000, 3),
-            "environment": ev.environment(), "snippets": snippets, "key": ev.cache_key(answer),
-            "limits": asdict(self.limits),
-        }
+                result = ev.unreached(snippet, "skipped" if snippet.runs else "norun")
+            snippets.append({**result, "attrs": sorted(snippet.attrs)})
+        return ev.record(answer, snippets, (time.monotonic() - started) * 1000, asdict(self.limits))
 
 
 def _exit_message(status: int) -> str:

@@ -36,7 +36,7 @@ class Store:
                 if statement.strip():
                     db.execute(statement)
 
-    def get(self, answer) -> dict | None:
+    def get(self, answer) -> ev.Evidence | None:
         """Cached evidence for the answer's current code, with lines moved to the current file."""
         row = self.connection().execute(
             "SELECT record FROM evidence WHERE slug = ? AND key = ?",
@@ -56,20 +56,23 @@ class Store:
         return {a.slug: stored[a.slug][1] if stored.get(a.slug, (None,))[0] == ev.cache_key(a) else "pending"
                 for a in answers}
 
-    def latest(self, slug: str) -> dict | None:
+    def latest(self, slug: str) -> ev.Evidence | None:
         """The last evidence stored for a slug, whatever code it ran."""
         row = self.connection().execute("SELECT record FROM evidence WHERE slug = ?", (slug,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def put(self, evidence: dict) -> None:
-        """Replace the slug's evidence and figures in one transaction."""
-        figures = [(evidence["slug"], f["name"], f.pop("svg"))
-                   for s in evidence["snippets"] for f in s["figures"] if "svg" in f]
+    def put(self, evidence: ev.Evidence) -> None:
+        """Replace the slug's evidence and figures in one transaction (figures in their own table;
+        the evidence given is left as it was)."""
+        slug = evidence["slug"]
+        figures = [(slug, f["name"], f["svg"]) for s in evidence["snippets"] for f in s["figures"] if "svg" in f]
+        stored = {**evidence, "snippets": [
+            {**s, "figures": [{"name": f["name"], "alt": f["alt"]} for f in s["figures"]]} for s in evidence["snippets"]]}
         with self.database.write() as db:
-            db.execute("DELETE FROM figures WHERE slug = ?", (evidence["slug"],))
+            db.execute("DELETE FROM figures WHERE slug = ?", (slug,))
             db.executemany("INSERT INTO figures VALUES (?, ?, ?)", figures)
             db.execute("INSERT OR REPLACE INTO evidence VALUES (?, ?, ?, ?)",
-                       (evidence["slug"], evidence["key"], time.time_ns(), json.dumps(evidence)))
+                       (slug, evidence["key"], time.time_ns(), json.dumps(stored)))
 
     def figure(self, slug: str, name: str) -> str | None:
         row = self.connection().execute(

@@ -14,6 +14,7 @@ import os
 import threading
 
 from flask import Flask, g, request
+from flask.json.provider import DefaultJSONProvider
 
 from kb.library import Library
 from kb.runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits
@@ -53,12 +54,23 @@ def _show_progress() -> None:
         logger.setLevel(logging.INFO)
 
 
+def _setting(text: str | None, default: object) -> object:
+    """A setting from the environment, of its default's type (a flag: 1/true/yes)."""
+    if text is None:
+        return default
+    if isinstance(default, bool):
+        return text.lower() in ("1", "true", "yes")
+    if isinstance(default, int | float):
+        return type(default)(text)
+    return text
+
+
 def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
     for key, default in DEFAULTS.items():
-        value = os.environ.get(key, default)
-        app.config[key] = type(default)(value) if not isinstance(default, bool) else str(value).lower() in ("1", "true", "yes")
+        app.config[key] = _setting(os.environ.get(key), default)
     app.config.update(config or {})
+    app.json = DefaultJSONProvider(app)  # typed: the attributes below are DefaultJSONProvider's
     app.json.sort_keys = False
     app.json.ensure_ascii = False
 

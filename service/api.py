@@ -6,7 +6,7 @@ import re
 
 from flask import Blueprint, Response, abort, jsonify, request, url_for
 
-from kb.render import highlight_python
+from kb.render import Html, highlight_python
 
 from .knowledge import answer_or_404, answer_response, library, listing, public_evidence, run_slot, snapshot
 from .openapi import spec
@@ -44,9 +44,8 @@ def answer(slug):
 
 def body_html(answer) -> str:
     """The rendered answer with its snippets' code in place (evidence is in `evidence`)."""
-    snippets = {s.index: s for s in answer.snippets}
-    return "".join(value if kind == "html" else highlight_python(snippets[value].code)
-                   for kind, value in snapshot().rendered(answer).parts)
+    return "".join(part.html if isinstance(part, Html) else highlight_python(answer.snippets[part.snippet].code)
+                   for part in snapshot().rendered(answer).parts)
 
 
 @api.get("/api/answers/<slug>/evidence")

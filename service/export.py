@@ -99,7 +99,7 @@ def _relative_json(value, page: str, files: dict):
         return [_relative_json(v, page, files) for v in value]
     if not isinstance(value, dict):
         return value
-    out = {}
+    out: dict[str, object] = {}
     for key, item in value.items():
         if key == "url" and item in files:
             out[key] = _relative(files[item], page)

@@ -44,7 +44,7 @@ def figure_url(slug: str, name: str) -> str:
     return url_for("api.figure", slug=slug, name=name)
 
 
-def public_evidence(evidence: dict) -> dict:
+def public_evidence(evidence: ev.Evidence) -> dict:
     return ev.public(evidence, figure_url)
 
 
@@ -57,7 +57,8 @@ class ResponseCache:
     """Finished response bodies with their ETags, small, LRU and thread-safe."""
 
     def __init__(self, size: int = 512):
-        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+        self.size, self.lock = size, threading.Lock()
+        self.items: OrderedDict[object, tuple[bytes, str]] = OrderedDict()
 
     def get_or_make(self, key, make):
         with self.lock:

@@ -28,7 +28,8 @@ def register_error_handlers(app) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         headers = {k: v for k, v in exc.get_headers() if k != "Content-Type"}  # Allow, Retry-After
+        status, detail = exc.code or 500, exc.description or exc.name
         if wants_json():
-            return problem(exc.code, exc.description, exc.name, headers)
-        page = render_template("error.html", status=exc.code, title=exc.name, detail=exc.description)
-        return page, exc.code, headers
+            return problem(status, detail, exc.name, headers)
+        page = render_template("error.html", status=status, title=exc.name, detail=detail)
+        return page, status, headers

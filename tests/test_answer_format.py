@@ -41,7 +41,7 @@ def test_good_answer_parses_with_snippet_lines_and_attributes(answers_dir):
     assert errors == []
     answer = answers["sky-blue"]
     assert answer.title == "Why is the sky blue?"
-    assert answer.related == ["other"] and answer.tags == ["physics"]
+    assert answer.related == ("other",) and answer.tags == ("physics",)
     assert [(s.line, s.code, sorted(s.attrs)) for s in answer.snippets] == [
         (12, "x = 1", []), (16, "import nothing", ["norun"]), (20, 'check("x is one", x == 1, x)', ["hide"])]
     assert [s.index for s in answer.runnable] == [0, 2]

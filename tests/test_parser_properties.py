@@ -183,7 +183,7 @@ def test_valid_answers_parse_with_their_snippets_at_their_lines(case):
     assert answer.title == " ".join(meta["title"].split())
     assert answer.summary == " ".join(meta["summary"].split())
     for key in ("aliases", "tags", "sources", "related"):
-        assert getattr(answer, key) == [v.strip() for v in meta.get(key, [])]
+        assert getattr(answer, key) == tuple(v.strip() for v in meta.get(key, []))
     lines = text.split("\n")
     assert [(s.line, s.code, s.attrs) for s in answer.snippets] == snippets
     assert [s.index for s in answer.snippets] == list(range(len(snippets)))

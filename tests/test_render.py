@@ -96,7 +96,7 @@ def test_snippet_parts_follow_the_answers_snippets(tmp_path):
 
 def test_answer_without_snippets_is_one_html_part(tmp_path):
     rendered = render_answer(write_answer(tmp_path, "Just *prose*.\n"))
-    assert rendered.parts == [("html", "<p>Just <em>prose</em>.</p>")]
+    assert rendered.parts == (("html", "<p>Just <em>prose</em>.</p>"),)
     assert rendered.toc == ""
 
 
