@@ -127,8 +127,12 @@ def _front_matter(shown: str, lines: list[str]) -> tuple[dict[str, Any], dict[st
         raise FormatError(shown, 1, "front matter is not closed: add a '---' line after it") from None
     source = "\n".join(lines[1:end])
     try:
-        node = yaml.compose(source, Loader=LOADER)
-        data = yaml.load(source, Loader=LOADER)  # a safe loader: plain data only
+        loader = LOADER(source)  # a safe loader: plain data only
+        try:  # parsed once: the node tree gives each key's line, the data is built from it
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 2 if mark else 2

@@ -125,10 +125,13 @@ def test_kill_9_mid_run_leaves_the_store_and_the_answers_intact(tmp_path, scratc
 
         # Mid-run: the child running the slow answer is up, in its scratch directory.
         assert settle(lambda: list(scratch.glob(f"kb-{SLOW}-*")), within=15), "the slow run never started"
-        time.sleep(0.5)
-        tree = service.processes()
-        slow_child = [pid for pid in tree if _cwd(pid).startswith(str(scratch / f"kb-{SLOW}-"))
-                      and "kb.forkserver" in tree[pid]]
+
+        def running_slow_answer():  # the child and the process it starts are both up
+            tree = service.processes()
+            child = [pid for pid in tree if _cwd(pid).startswith(str(scratch / f"kb-{SLOW}-"))
+                     and "kb.forkserver" in tree[pid]]
+            return (tree, child) if child and "sleep 300" in tree.values() else None
+        tree, slow_child = settle(running_slow_answer, within=15) or (service.processes(), [])
         service.kill()
         stop_writes.set()
         writer.join(15)

@@ -2,7 +2,6 @@
 import json
 import subprocess
 import threading
-import time
 
 from helpers import answer_text, check_json, run_cli
 from kb.answer import load_answers
@@ -22,11 +21,8 @@ def test_hostile_snippets_are_contained_and_the_next_answer_runs(answers_dir, tm
     for slug, (code, _, _) in HOSTILE.items():
         (answers_dir / f"{slug}.md").write_text(answer_text(snippets=[code]))
     (answers_dir / "zz-normal.md").write_text(answer_text(snippets=['check("still runs", 1 + 1 == 2, 1 + 1)']))
-    started = time.monotonic()
     proc, evidence = check_json(answers_dir, "--timeout", "2", "--no-cache", cwd=tmp_path)
-    elapsed = time.monotonic() - started
     assert proc.returncode == 1, proc.stderr
-    assert elapsed < 20, "faults are reported quickly, the loop at its 2 s limit"
     for slug, (_, status, message) in HOSTILE.items():
         snippet = evidence[slug]["snippets"][0]
         assert evidence[slug]["status"] == status, (slug, snippet)
