@@ -129,7 +129,7 @@ def _norm(text: str) -> str:
 
 
 def _long_summary(answer) -> list[FormatError]:
-    words = len(answer.summary.split())
+    words = sum(1 for token in answer.summary.split() if re.search(r"[^\W_]", token))  # "=", "−" are no words
     sentences = len(re.split(r"(?<=[.!?])\s+(?=[A-Z(])", answer.summary.strip()))
     if words <= SUMMARY_WORDS and sentences <= 2:
         return []
