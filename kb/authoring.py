@@ -1,6 +1,7 @@
 """Tools for authors: a skeleton for a new question, and a lint of the whole knowledge base."""
 from __future__ import annotations
 
+import ast
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -8,25 +9,36 @@ from pathlib import Path
 from .answer import SLUG_RE, FormatError
 from .topics import BY_KEY as TOPICS
 
+PLACEHOLDERS = {  # what `kb new` writes and `kb lint` flags until the author replaces it
+    "summary": "Answer the question in one or two sentences; the page and search results show this first.",
+    "alias": "Another way a learner asks this question",
+    "tag": "replace-this-tag",
+    "source": "The lecture, paper or book section this explanation follows",
+    "check": "the mean of 1,000 standard normal draws is within 0.1 of 0",
+    "short answer": "Say the answer plainly, as in the summary.",
+    "why": "Explain step by step in the course's notation",
+    "caveat": "Say when the opposite choice is right.",
+}
+
 SKELETON = '''---
 title: {title}
 summary: >-
-  Answer the question in one or two sentences; the page and search results show this first.
+  {p[summary]}
 aliases:
-  - Another way a learner asks this question
-tags: [{tag}]
+  - {p[alias]}
+tags: [{p[tag]}]
 related: []
 sources:
-  - "The lecture, paper or book section this explanation follows"
+  - "{p[source]}"
 ---
 
 ## Short answer
 
-Say the answer plainly, as in the summary.
+{p[short answer]}
 
 ## Why
 
-Explain step by step in the course's notation ($X$ is $(n_x, m)$, $J$ the average of the losses),
+{p[why]} ($X$ is $(n_x, m)$, $J$ the average of the losses),
 and put the evidence right after the sentence it supports:
 
 ```python
@@ -34,13 +46,15 @@ import numpy as np
 
 rng = np.random.default_rng(0)
 x = rng.normal(size=1_000)
-check("the mean of 1,000 standard normal draws is within 0.1 of 0", abs(x.mean()) < 0.1, x.mean())
+check("{p[check]}", abs(x.mean()) < 0.1, x.mean())
 ```
 
 ## When this is not the whole story
 
-Say when the opposite choice is right.
+{p[caveat]}
 '''
+CHECK_COMMAND = ".venv/bin/python -m kb check"  # as README writes it, so `kb new`'s hint works pasted
+SUMMARY_WORDS = 40  # the contract's "one or two sentences": a summary longer than this is a paragraph
 
 
 def slugify(question: str, max_words: int = 10) -> str:
@@ -58,7 +72,7 @@ def new_answer(question: str, folder) -> Path:
         raise FileExistsError(f"{path} already exists")
     title = question.strip().replace('"', '\\"')
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(SKELETON.format(title=f'"{title}"', tag="fundamentals"), encoding="utf-8")
+    path.write_text(SKELETON.format(title=f'"{title}"', p=PLACEHOLDERS), encoding="utf-8")
     return path
 
 
@@ -66,8 +80,10 @@ def lint(answers: dict, evidence: dict) -> list[FormatError]:
     """Problems a reader would hit that the format itself allows.
 
     `evidence` maps slug to evidence (for figures' alt text). Reported: answers with no check,
-    figures without alt text, no topic, related links only one way, answers no other answer links to, and
-    an alias used by two answers (or equal to another answer's title).
+    checks that cannot fail, figures without alt text, no topic, a summary longer than one or two
+    sentences, placeholders `kb new` wrote and the author left, related links only one way,
+    answers no other answer links to, and an alias used by two answers (or equal to another
+    answer's title).
     """
     problems = []
     linked_from = defaultdict(set)
@@ -86,6 +102,7 @@ def lint(answers: dict, evidence: dict) -> list[FormatError]:
             problems.append(FormatError(answer.path, 1, f"no topic: add 'topic:' with one of {', '.join(TOPICS)}"))
         if not any(re.search(r"\bcheck\(", s.code) for s in answer.runnable):
             problems.append(FormatError(answer.path, answer.body_line, "no check(...): every claim needs computed evidence"))
+        problems += _long_summary(answer) + _placeholders(answer) + _checks_that_cannot_fail(answer)
         for snippet in evidence.get(slug, {}).get("snippets", []):
             for figure in snippet["figures"]:
                 if not figure.get("alt"):
@@ -109,3 +126,85 @@ def lint(answers: dict, evidence: dict) -> list[FormatError]:
 def _norm(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.lower()))
 
+
+
+def _long_summary(answer) -> list[FormatError]:
+    words = sum(1 for token in answer.summary.split() if re.search(r"[^\W_]", token))  # "=", "−" are no words
+    sentences = len(re.split(r"(?<=[.!?])\s+(?=[A-Z(])", answer.summary.strip()))
+    if words <= SUMMARY_WORDS and sentences <= 2:
+        return []
+    return [FormatError(answer.path, answer.key_lines.get("summary", 1),
+                        f"summary has {words} words in {sentences} sentence(s): say it in one or two "
+                        f"sentences of at most {SUMMARY_WORDS} words, and leave the rest to the body")]
+
+
+def _placeholders(answer) -> list[FormatError]:
+    """Text of the `kb new` skeleton still in the answer: published, it would read as an answer."""
+    p, lines = PLACEHOLDERS, answer.key_lines
+    found = []
+    if answer.summary.strip() == p["summary"]:
+        found.append((lines.get("summary", 1), "summary"))
+    if p["alias"] in answer.aliases:
+        found.append((lines.get("aliases", 1), "alias"))
+    if p["tag"] in answer.tags:
+        found.append((lines.get("tags", 1), "tag"))
+    if p["source"] in answer.sources:
+        found.append((lines.get("sources", 1), "source"))
+    for snippet in answer.snippets:
+        if p["check"] in snippet.code:
+            found.append((snippet.line, "example snippet"))
+    body = answer.body.splitlines()
+    for key in ("short answer", "why", "caveat"):
+        for n, text in enumerate(body):
+            if p[key] in text:
+                found.append((answer.body_line + n, f"{key!r} prose"))
+    return [FormatError(answer.path, line, f"skeleton placeholder left from kb new: replace the {what}")
+            for line, what in found]
+
+
+def _checks_that_cannot_fail(answer) -> list[FormatError]:
+    """`check(...)` calls whose condition holds whatever the snippet computes: a ✓ that proves nothing.
+
+    Recognised: a constant true condition (`True`, `1`, a non-empty string), a value compared with
+    itself (`x == x`, `x <= x`, `x is x`), `np.isclose(x, x)`-style calls on one value twice, and
+    `or`/`and` built from those. Only what the code shows: a check can still be weak in ways no
+    syntax reveals.
+    """
+    problems = []
+    for snippet in answer.runnable:
+        try:
+            tree = ast.parse(snippet.code)
+        except SyntaxError:
+            continue  # kb check reports it where it runs
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "check"):
+                continue
+            condition = node.args[1] if len(node.args) > 1 else next(
+                (k.value for k in node.keywords if k.arg == "condition"), None)
+            if condition is not None and _always_true(condition):
+                problems.append(FormatError(
+                    answer.path, snippet.line + node.lineno,
+                    f"check cannot fail: its condition `{ast.unparse(condition)}` holds whatever is computed"))
+    return problems
+
+
+SELF_TRUE_OPS = (ast.Eq, ast.LtE, ast.GtE, ast.Is)  # x op x holds (bar NaN for == <= >=, still no evidence)
+SELF_TRUE_CALLS = {"isclose", "allclose", "array_equal", "array_equiv", "equal"}
+
+
+def _always_true(node) -> bool:
+    if isinstance(node, ast.Constant):
+        return bool(node.value) and node.value is not Ellipsis
+    if isinstance(node, ast.BoolOp):
+        parts = [_always_true(v) for v in node.values]
+        return any(parts) if isinstance(node.op, ast.Or) else all(parts)
+    if isinstance(node, ast.Compare):
+        operands = [node.left, *node.comparators]
+        return all(isinstance(op, SELF_TRUE_OPS) and ast.dump(a) == ast.dump(b)
+                   for op, a, b in zip(node.ops, operands, operands[1:]))
+    if isinstance(node, ast.Call) and len(node.args) >= 2:
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        return name in SELF_TRUE_CALLS and ast.dump(node.args[0]) == ast.dump(node.args[1])
+    if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "all" and not node.args:
+        return _always_true(node.func.value)  # (x == x).all()
+    return False

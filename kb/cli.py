@@ -13,7 +13,7 @@ import time
 
 from . import evidence as ev
 from .answer import load_answers
-from .authoring import lint, new_answer
+from .authoring import CHECK_COMMAND, lint, new_answer
 from .checker import check_all, problems
 from .runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits, Runner
 from .store import Store
@@ -71,7 +71,7 @@ def cmd_new(args) -> int:
     except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {path}; check it with: python -m kb check {path}")
+    print(f"wrote {path}; check it with: {CHECK_COMMAND} {path}")
     return 0
 
 
