@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -95,7 +95,7 @@ class Answer:
         return [s for s in self.snippets if s.runs]
 
 
-def parse_answer(path, text: str | None = None) -> Answer:
+def parse_answer(path: str | os.PathLike[str], text: str | None = None) -> Answer:
     """Parse one answer file; raise `FormatError` on the first problem found."""
     path = Path(path)
     shown = display_path(path)
@@ -195,7 +195,7 @@ def _snippets(shown: str, lines: list[str], body_start: int) -> list[Snippet]:
     return snippets
 
 
-def answer_paths(paths) -> list[Path]:
+def answer_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Expand files and directories into the answer files they name, sorted."""
     found = []
     for path in map(Path, paths):
@@ -203,7 +203,8 @@ def answer_paths(paths) -> list[Path]:
     return found
 
 
-def load_answers(paths, parse=parse_answer) -> tuple[dict[str, Answer], list[FormatError]]:
+def load_answers(paths: Iterable[str | os.PathLike[str]], parse: Callable[[Path], Answer] = parse_answer,
+                 ) -> tuple[dict[str, Answer], list[FormatError]]:
     """Parse every answer under `paths`; broken files become errors, the rest are returned.
 
     `related` slugs are checked against the answer files that sit beside each answer. `parse`

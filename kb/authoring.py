@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 
-from .answer import SLUG_RE, FormatError
+from . import evidence as ev
+from .answer import SLUG_RE, Answer, FormatError
 from .topics import BY_KEY as TOPICS
 
 PLACEHOLDERS = {  # what `kb new` writes and `kb lint` flags until the author replaces it
@@ -62,7 +65,7 @@ def slugify(question: str, max_words: int = 10) -> str:
     return "-".join(words[:max_words])
 
 
-def new_answer(question: str, folder) -> Path:
+def new_answer(question: str, folder: str | os.PathLike[str]) -> Path:
     """Write `folder/<slug>.md` from the skeleton; refuse to overwrite an existing answer."""
     slug = slugify(question)
     if not SLUG_RE.fullmatch(slug or ""):
@@ -76,7 +79,7 @@ def new_answer(question: str, folder) -> Path:
     return path
 
 
-def lint(answers: dict, evidence: dict) -> list[FormatError]:
+def lint(answers: Mapping[str, Answer], evidence: Mapping[str, ev.Evidence]) -> list[FormatError]:
     """Problems a reader would hit that the format itself allows.
 
     `evidence` maps slug to evidence (for figures' alt text). Reported: answers with no check,
@@ -103,7 +106,8 @@ def lint(answers: dict, evidence: dict) -> list[FormatError]:
         if not any(re.search(r"\bcheck\(", s.code) for s in answer.runnable):
             problems.append(FormatError(answer.path, answer.body_line, "no check(...): every claim needs computed evidence"))
         problems += _long_summary(answer) + _placeholders(answer) + _checks_that_cannot_fail(answer)
-        for snippet in evidence.get(slug, {}).get("snippets", []):
+        ran = evidence.get(slug)
+        for snippet in ran["snippets"] if ran else []:
             for figure in snippet["figures"]:
                 if not figure.get("alt"):
                     problems.append(FormatError(answer.path, snippet["line"],
@@ -128,7 +132,7 @@ def _norm(text: str) -> str:
 
 
 
-def _long_summary(answer) -> list[FormatError]:
+def _long_summary(answer: Answer) -> list[FormatError]:
     words = sum(1 for token in answer.summary.split() if re.search(r"[^\W_]", token))  # "=", "−" are no words
     sentences = len(re.split(r"(?<=[.!?])\s+(?=[A-Z(])", answer.summary.strip()))
     if words <= SUMMARY_WORDS and sentences <= 2:
@@ -138,7 +142,7 @@ def _long_summary(answer) -> list[FormatError]:
                         f"sentences of at most {SUMMARY_WORDS} words, and leave the rest to the body")]
 
 
-def _placeholders(answer) -> list[FormatError]:
+def _placeholders(answer: Answer) -> list[FormatError]:
     """Text of the `kb new` skeleton still in the answer: published, it would read as an answer."""
     p, lines = PLACEHOLDERS, answer.key_lines
     found = []
@@ -162,7 +166,7 @@ def _placeholders(answer) -> list[FormatError]:
             for line, what in found]
 
 
-def _checks_that_cannot_fail(answer) -> list[FormatError]:
+def _checks_that_cannot_fail(answer: Answer) -> list[FormatError]:
     """`check(...)` calls whose condition holds whatever the snippet computes: a ✓ that proves nothing.
 
     Recognised: a constant true condition (`True`, `1`, a non-empty string), a value compared with
@@ -192,7 +196,7 @@ SELF_TRUE_OPS = (ast.Eq, ast.LtE, ast.GtE, ast.Is)  # x op x holds (bar NaN for 
 SELF_TRUE_CALLS = {"isclose", "allclose", "array_equal", "array_equiv", "equal"}
 
 
-def _always_true(node) -> bool:
+def _always_true(node: ast.expr) -> bool:
     if isinstance(node, ast.Constant):
         return bool(node.value) and node.value is not Ellipsis
     if isinstance(node, ast.BoolOp):
@@ -205,6 +209,6 @@ def _always_true(node) -> bool:
     if isinstance(node, ast.Call) and len(node.args) >= 2:
         name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
         return name in SELF_TRUE_CALLS and ast.dump(node.args[0]) == ast.dump(node.args[1])
-    if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "all" and not node.args:
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "all" and not node.args:
         return _always_true(node.func.value)  # (x == x).all()
     return False

@@ -1,12 +1,20 @@
 """Evidence for many answers: from the cache when the code is unchanged, else from the runner."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import TYPE_CHECKING
 
 from . import evidence as ev
+from .answer import Answer
+
+if TYPE_CHECKING:  # the runner and the store are only passed through here
+    from .runner import Runner
+    from .store import Store
 
 
-def evidence_for(answer, runner, store=None, use_cache: bool = True) -> tuple[ev.Evidence, bool]:
+def evidence_for(answer: Answer, runner: Runner, store: Store | None = None,
+                 use_cache: bool = True) -> tuple[ev.Evidence, bool]:
     """(evidence, came_from_cache). Fresh evidence is written back to the store."""
     if store is not None and use_cache:
         cached = store.get(answer)
@@ -18,7 +26,8 @@ def evidence_for(answer, runner, store=None, use_cache: bool = True) -> tuple[ev
     return evidence, False
 
 
-def check_all(answers, runner, store=None, use_cache: bool = True, jobs: int = 2):
+def check_all(answers: Iterable[Answer], runner: Runner, store: Store | None = None, use_cache: bool = True,
+              jobs: int = 2) -> Iterator[tuple[Answer, ev.Evidence, bool]]:
     """Yield (answer, evidence, cached) as each answer finishes, `jobs` at a time."""
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
         futures = {pool.submit(evidence_for, a, runner, store, use_cache): a for a in answers}
@@ -26,7 +35,7 @@ def check_all(answers, runner, store=None, use_cache: bool = True, jobs: int = 2
             yield (futures[future], *future.result())
 
 
-def problems(evidence: dict, path: str) -> list[str]:
+def problems(evidence: ev.Evidence, path: str) -> list[str]:
     """`path:line: …` lines for every failed check and error, as a terminal shows them."""
     lines = []
     for snippet in evidence["snippets"]:

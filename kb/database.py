@@ -18,6 +18,7 @@ import random
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class Database:
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -72,7 +73,7 @@ class Database:
         return db
 
     @contextmanager
-    def exclusive(self):
+    def exclusive(self) -> Iterator[None]:
         """Hold a lock file beside the database: one holder at a time, across processes.
 
         For work longer than a transaction, such as running the answers that lack evidence:
@@ -86,7 +87,7 @@ class Database:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     @contextmanager
-    def write(self):
+    def write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction that takes the write lock up front (waiting for it)."""
         db = self.connection()
         db.execute("BEGIN IMMEDIATE")

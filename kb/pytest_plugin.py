@@ -7,15 +7,21 @@ this project's pytest.ini) so each answer runs once, on one worker.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from .answer import load_answers
+from . import evidence as ev
+
+from .answer import Answer, FormatError, Snippet, load_answers
 from .checker import evidence_for
 from .runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits, Runner
 from .store import Store
 
 
-def pytest_addoption(parser):
+def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kb", "executable answers")
     group.addoption("--kb-cache", metavar="DB", default=None,
                     help="reuse cached evidence from this SQLite file (default: always run the snippets)")
@@ -24,7 +30,7 @@ def pytest_addoption(parser):
     group.addoption("--kb-output-kib", type=float, default=DEFAULT_OUTPUT_KIB, help="KiB of output kept per snippet")
 
 
-def pytest_collect_file(file_path, parent):
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> AnswerFile | None:
     if file_path.suffix == ".md" and file_path.parent.name == "answers":
         return AnswerFile.from_parent(parent, path=file_path)
     return None
@@ -33,7 +39,7 @@ def pytest_collect_file(file_path, parent):
 RUNNER = pytest.StashKey[Runner]()
 
 
-def _runner(config) -> Runner:
+def _runner(config: pytest.Config) -> Runner:
     """One runner (one fork server) per pytest process, closed when the session ends."""
     runner = config.stash.get(RUNNER, None)
     if runner is None:
@@ -45,17 +51,19 @@ def _runner(config) -> Runner:
 
 
 class AnswerFile(pytest.File):
-    def collect(self):
+    answer: Answer
+
+    def collect(self) -> Iterator[pytest.Item]:
         answers, errors = load_answers([self.path])
         if errors:
             yield FormatItem.from_parent(self, name="format", error=errors[0])
             return
         self.answer = next(iter(answers.values()))
-        self._evidence = None
+        self._evidence: ev.Evidence | None = None
         for snippet in self.answer.runnable:
             yield SnippetItem.from_parent(self, name=f"snippet-{snippet.index}", snippet=snippet)
 
-    def evidence(self) -> dict:
+    def evidence(self) -> ev.Evidence:
         if self._evidence is None:
             db = self.config.getoption("kb_cache")
             store = Store(db) if db else None
@@ -68,26 +76,28 @@ class AnswerFailure(Exception):
 
 
 class FormatItem(pytest.Item):
-    def __init__(self, *, error, **kwargs):
+    def __init__(self, *, error: FormatError, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.error = error
 
-    def runtest(self):
+    def runtest(self) -> None:
         raise AnswerFailure(str(self.error))
 
-    def repr_failure(self, excinfo):
-        return str(excinfo.value) if excinfo.errisinstance(AnswerFailure) else super().repr_failure(excinfo)
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        return str(excinfo.value) if excinfo.errisinstance(AnswerFailure) else super().repr_failure(excinfo, style)
 
-    def reportinfo(self):
+    def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, max(self.error.line - 1, 0), f"{self.error.path}::format"
 
 
 class SnippetItem(pytest.Item):
-    def __init__(self, *, snippet, **kwargs):
+    parent: AnswerFile
+
+    def __init__(self, *, snippet: Snippet, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.snippet = snippet
 
-    def runtest(self):
+    def runtest(self) -> None:
         answer = self.parent.answer
         result = self.parent.evidence()["snippets"][self.snippet.index]
         if result["status"] == "skipped":
@@ -100,15 +110,15 @@ class SnippetItem(pytest.Item):
         error = result["error"]
         if error:
             lines.append(f"{answer.path}:{error['line'] or self.snippet.line}: {error['type']}: {error['message']}")
-            if error.get("traceback"):
+            if error["traceback"]:
                 lines.append(error["traceback"].rstrip())
         if lines:
             if result["stdout"]:
                 lines.append("--- snippet output ---\n" + result["stdout"].rstrip())
             raise AnswerFailure("\n".join(lines))
 
-    def repr_failure(self, excinfo):
-        return str(excinfo.value) if excinfo.errisinstance(AnswerFailure) else super().repr_failure(excinfo)
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        return str(excinfo.value) if excinfo.errisinstance(AnswerFailure) else super().repr_failure(excinfo, style)
 
-    def reportinfo(self):
+    def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, self.snippet.line - 1, f"{self.parent.answer.path}::{self.name}"

@@ -7,9 +7,12 @@ per thread, so the store can be shared by a threaded server.
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Iterable
 
 from . import evidence as ev
+from .answer import Answer
 from .database import Database
 
 SCHEMA_VERSION = 2  # PRAGMA user_version; an older file's tables are dropped and re-derived
@@ -24,7 +27,7 @@ CREATE TABLE IF NOT EXISTS figures (
 
 
 class Store:
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.database = Database(path)
         self.connection = self.database.connection
         with self.database.write() as db:
@@ -36,20 +39,20 @@ class Store:
                 if statement.strip():
                     db.execute(statement)
 
-    def get(self, answer) -> ev.Evidence | None:
+    def get(self, answer: Answer) -> ev.Evidence | None:
         """Cached evidence for the answer's current code, with lines moved to the current file."""
         row = self.connection().execute(
             "SELECT record FROM evidence WHERE slug = ? AND key = ?",
             (answer.slug, ev.cache_key(answer))).fetchone()
         return ev.rebase(json.loads(row[0]), answer) if row else None
 
-    def stamp(self, answer) -> int | None:
+    def stamp(self, answer: Answer) -> int | None:
         """What identifies the answer's current evidence (when it was stored), without reading it."""
         row = self.connection().execute(
             "SELECT stored_ns FROM evidence WHERE slug = ? AND key = ?", (answer.slug, ev.cache_key(answer))).fetchone()
         return row[0] if row else None
 
-    def statuses(self, answers) -> dict[str, str]:
+    def statuses(self, answers: Iterable[Answer]) -> dict[str, str]:
         """Each answer's evidence status in one query ('pending' where its code has none)."""
         rows = self.connection().execute("SELECT slug, key, json_extract(record, '$.status') FROM evidence")
         stored = {slug: (key, status) for slug, key, status in rows}
