@@ -17,10 +17,11 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from . import evidence as ev
 from .answer import Answer, FormatError, load_answers, parse_answer
@@ -31,6 +32,7 @@ from .runner import Limits, Runner
 from .store import Store
 
 log = logging.getLogger(__name__)
+Files = tuple[tuple[str, int, int], ...]  # (name, mtime in ns, size) of each answer file
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +56,8 @@ EMPTY = Snapshot(0, MappingProxyType({}), ())
 
 
 class Library:
-    def __init__(self, answers_dir, db_path, limits: Limits | None = None, watch_interval: float = 1.0,
-                 run_changed: bool = False):
+    def __init__(self, answers_dir: str | os.PathLike[str], db_path: str | os.PathLike[str],
+                 limits: Limits | None = None, watch_interval: float = 1.0, run_changed: bool = False) -> None:
         self.answers_dir = Path(answers_dir)
         self.store = Store(db_path)
         self.index = SearchIndex(db_path)
@@ -64,12 +66,13 @@ class Library:
         self.snapshot = EMPTY  # replaced, never changed, on every reload
         self._runner: Runner | None = None
         self._lock = threading.Lock()
-        self._files_seen, self._checked = None, 0.0
-        self._parsed: dict = {}  # path -> ((mtime, size), Answer or FormatError) of the last load
+        self._files_seen: Files | None = None
+        self._checked = 0.0
+        self._parsed: dict[Path, tuple[tuple[int, int] | None, Answer | FormatError]] = {}  # path -> ((mtime, size), Answer or FormatError) of the last load
         # Answers whose code changed are re-run off the request path, one batch at a time.
         self.run_changed = run_changed
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-evidence")
-        self._first_run: Future | None = None
+        self._first_run: Future[int] | None = None
         self.refresh(force=True)
 
     @property
@@ -96,7 +99,7 @@ class Library:
         if self._runner is not None:
             self._runner.close()
 
-    def _files(self):
+    def _files(self) -> Files:
         """(name, mtime, size) of every answer file. `os.scandir`, not `Path.glob` + `stat`: this
         runs on a request once a second, and at 10,000 answers it is 2-4x cheaper."""
         found = []
@@ -113,13 +116,13 @@ class Library:
             pass
         return tuple(sorted(found))
 
-    def _parse_remembered(self, files):
+    def _parse_remembered(self, files: Files) -> Callable[[Path], Answer]:
         """`parse_answer`, reusing the last result for a file whose (mtime, size) is unchanged:
         an edit re-parses one file, not the knowledge base (10,000 answers: seconds)."""
         stats = {self.answers_dir / name: (mtime, size) for name, mtime, size in files}
         remembered, self._parsed = self._parsed, {}
 
-        def parse(path):
+        def parse(path: Path) -> Answer:
             stat = stats.get(path)
             hit = remembered.get(path)
             if hit is None or stat is None or hit[0] != stat:
@@ -155,7 +158,7 @@ class Library:
             self._background.submit(self.run_missing)
         return True
 
-    def evidence(self, answer) -> ev.Evidence:
+    def evidence(self, answer: Answer) -> ev.Evidence:
         """The cached evidence for the answer's current code, or a `pending` record."""
         return self.store.get(answer) or ev.pending(answer)
 
@@ -163,7 +166,7 @@ class Library:
         """When the answer's current evidence was stored (None: pending): a cheap cache key."""
         return self.store.stamp(answer)
 
-    def statuses(self, answers) -> dict[str, str]:
+    def statuses(self, answers: Iterable[Answer]) -> dict[str, str]:
         """Each answer's evidence status ('pending' where its current code has none)."""
         return self.store.statuses(answers)
 
@@ -171,15 +174,15 @@ class Library:
         """A figure's SVG from the answer's stored evidence."""
         return self.store.figure(answer.slug, name)
 
-    def search(self, query: str, limit: int = 5) -> list[dict]:
+    def search(self, query: str, limit: int = 5) -> list[dict[str, Any]]:
         return self.index.search(query, limit)
 
-    def run(self, answer) -> ev.Evidence:
+    def run(self, answer: Answer) -> ev.Evidence:
         """Run the answer now (ignoring the cache) and store the fresh evidence."""
         evidence, _ = evidence_for(answer, self.runner, self.store, use_cache=False)
         return evidence
 
-    def run_missing_in_background(self) -> Future:
+    def run_missing_in_background(self) -> Future[int]:
         """Start running the missing evidence off the request path: the service answers at once
         (those pages say "evidence pending") and the terminal shows progress."""
         self._first_run = self._background.submit(self.run_missing, progress=True)
