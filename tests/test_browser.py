@@ -28,7 +28,8 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory):
-    app = create_app({"KB_ANSWERS": str(ROOT / "answers"), "KB_DB": str(tmp_path_factory.mktemp("db") / "kb.sqlite3")})
+    app = create_app({"KB_ANSWERS": str(ROOT / "answers"), "KB_DB": str(tmp_path_factory.mktemp("db") / "kb.sqlite3"),
+                      "KB_RUN_COOLDOWN": 0})  # "Run again" right after start-up runs again
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
