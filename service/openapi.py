@@ -144,12 +144,13 @@ def spec() -> dict:
             "/api/search": {"get": {
                 "operationId": "search",
                 "parameters": [
-                    {"name": "q", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1},
-                     "description": "A question in free text"},
+                    {"name": "q", "in": "query", "required": True,
+                     "schema": {"type": "string", "minLength": 1, "pattern": "\\S"},
+                     "description": "A question in free text (not only whitespace)"},
                     {"name": "limit", "in": "query", "required": False,
                      "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5}}],
                 "responses": {"200": _json("SearchResults", "Answers best first"), "304": NOT_MODIFIED,
-                              "400": _problem("Missing or empty q, or limit not ASCII digits from 1 to 50")}}},
+                              "400": _problem("Missing or blank q, or limit not ASCII digits from 1 to 50")}}},
             "/api/openapi.json": {"get": {"operationId": "openapi", "responses": {
                 "200": {"description": "This document", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         },
