@@ -160,7 +160,8 @@ def main() -> int:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         processes.append(direct)
         proxied = subprocess.Popen([str(ROOT / "deploy" / "serve-local.sh"), str(proxy_port)], cwd=ROOT,
-                                   env={**settings, "KB_UPSTREAM_PORT": str(upstream_port)}, start_new_session=True,
+                                   env={**settings, "KB_UPSTREAM_PORT": str(upstream_port), "PYTHON": PYTHON},
+                                   start_new_session=True,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         processes.append(proxied)
         wait_up(direct_port, direct)

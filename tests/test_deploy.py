@@ -17,6 +17,7 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -56,7 +57,7 @@ class Deployed:
         self.scratch = Path(tempfile.mkdtemp(prefix="kbd-"))
         self.port, upstream = free_port(), free_port()
         env = {**os.environ, "KB_ANSWERS": str(self.answers), "KB_DB": str(self.db), "TMPDIR": str(self.scratch),
-               "KB_UPSTREAM_PORT": str(upstream), "PYTHONPATH": str(ROOT)}
+               "KB_UPSTREAM_PORT": str(upstream), "PYTHONPATH": str(ROOT), "PYTHON": sys.executable}
         self.log = root / "serve-local.log"
         with self.log.open("w") as log:
             self.process = subprocess.Popen([str(ROOT / "deploy" / "serve-local.sh"), str(self.port)], cwd=root, env=env,
