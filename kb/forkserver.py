@@ -131,6 +131,7 @@ def _run_answer(conn: socket.socket) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (mapped + limits["memory"],) * 2)
     signal.alarm(int(limits["timeout"]) + 5)  # backstop should the client vanish
     os.chdir(request["workdir"])
+    _read_only_answers(request["answers_dir"], request["workdir"])
     np.random.seed(request["seed"])
     random.seed(request["seed"])
     path = request["path"]
@@ -424,6 +425,27 @@ def _user_tasks() -> int:
             except OSError:
                 pass
     return count
+
+
+def _read_only_answers(answers: str, workdir: str) -> bool:
+    """Where the kernel allows it (root, or CAP_SYS_ADMIN), give the run a mount namespace of its
+    own in which the answers directory is read-only: a snippet cannot overwrite an answer by
+    accident. Elsewhere (an unprivileged user, a container without the capability) nothing
+    changes. Mounts made here never reach the service: "/" is made private first, and the
+    namespace ends with the run's last process. (Root can remount it: this contains accidents.)
+    """
+    import ctypes
+
+    if os.path.commonpath([answers, workdir]) == answers:  # the scratch directory must stay writable
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+    CLONE_NEWNS, MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x20000, 1, 32, 4096, 16384, 1 << 18
+    if libc.unshare(CLONE_NEWNS) != 0 or libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        return False
+    target = answers.encode()
+    return (libc.mount(target, target, None, MS_BIND | MS_REC, None) == 0
+            and libc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None) == 0)
 
 
 def _prctl(option: int, value: int) -> None:

@@ -133,6 +133,7 @@ class Runner:
         try:
             send_frame(sock, {
                 "path": answer.path, "seed": SEED, "workdir": workdir, "limits": asdict(self.limits),
+                "answers_dir": os.path.dirname(os.path.abspath(answer.path)),
                 "snippets": [{"index": s.index, "line": s.line, "code": s.code} for s in answer.runnable],
             })
             while True:

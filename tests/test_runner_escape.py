@@ -223,3 +223,24 @@ def test_a_live_runners_directory_is_not_swept(answers_dir, scratch, monkeypatch
             assert first.run(answers["quick"])["status"] == "passed", "the first runner still works"
             assert len(list(scratch.glob("kb-forkserver-*"))) == 2
     assert list(scratch.iterdir()) == []
+
+
+def _can_unshare_mounts() -> bool:
+    probe = subprocess.run([sys.executable, "-c", "import ctypes, sys; sys.exit(ctypes.CDLL(None).unshare(0x20000) != 0)"])
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_unshare_mounts(), reason="no mount namespaces here (needs root or CAP_SYS_ADMIN)")
+def test_the_answers_directory_is_read_only_to_a_snippet(answers_dir):
+    code = f'''from pathlib import Path
+Path("scratch.txt").write_text("the scratch directory is writable")
+check("scratch is writable", Path("scratch.txt").exists())
+Path({str(answers_dir)!r}, "hostile.md").write_text("overwritten")'''
+    evidence = run_one(answers_dir, code)
+    snippet = evidence["snippets"][0]
+    assert snippet["checks"][0]["passed"], snippet
+    assert snippet["error"]["type"] == "OSError" and "Read-only file system" in snippet["error"]["message"], snippet
+    assert (answers_dir / "hostile.md").read_text().startswith("---"), "the answer is intact"
+    probe = Path(answers_dir, "written-by-the-test.txt")
+    probe.write_text("the service's own view is unchanged")
+    assert probe.exists()
