@@ -7,7 +7,7 @@ a byte at a time do not stop normal GETs through nginx (every GET completes; p50
 test-artifacts/slow-clients.json, timings are not asserted: bench/slow_clients.py compares
 direct and proxied); ETags and 304s, the CSP and the other headers, problem+json, the run
 guard and relative redirects all survive the proxy; nginx serves /static/ and caches figures.
-Needs Debian's nginx (`.ci/run` installs it); skipped without it, except in CI.
+The nginx tests need Debian's nginx (`.ci/run` installs it); skipped without it, except in CI.
 """
 import http.client
 import json
@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, descendants, run_cli, settle
+from service import create_app
 from service_fixtures import write_small_answers
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -35,10 +36,25 @@ PROBE_SECONDS = 8
 GETS = ["/", "/answers/averaging", "/api/answers/sigmoid-slope", "/api/search?q=sigmoid+slope", "/static/style.css",
         "/tags/calculus"]
 
-if not Path(NGINX).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError("CI must run the deployment tests: install Debian's nginx (.ci/run does)")
-    pytest.skip("nginx is not installed (apt-get install nginx)", allow_module_level=True)
+if not Path(NGINX).exists() and os.environ.get("CI"):
+    raise RuntimeError("CI must run the deployment tests: install Debian's nginx (.ci/run does)")
+
+
+def test_a_service_on_a_database_kb_check_built_starts_without_running_anything(tmp_path):
+    """The scaling recipe's premise, without nginx: CI's database, a new service, no run."""
+    answers = write_small_answers(tmp_path / "answers")
+    built = run_cli("check", answers, "--db", tmp_path / "kb.sqlite3", "--json", cwd=tmp_path)
+    ci = {e["slug"]: e["ran_at"] for e in json.loads(built.stdout)}
+    before = set(descendants(os.getpid()))
+    app = create_app({"KB_ANSWERS": str(answers), "KB_DB": str(tmp_path / "kb.sqlite3"), "TESTING": True})
+    try:
+        client = app.test_client()
+        served = {slug: client.get(f"/api/answers/{slug}/evidence").get_json()["ran_at"] for slug in ci}
+        started = {pid: cmd for pid, (_, cmd) in descendants(os.getpid()).items() if pid not in before}
+    finally:
+        app.extensions["kb"].close()
+    assert served == ci, "the evidence served is CI's"
+    assert not any("kb.forkserver" in cmd for cmd in started.values()), started
 
 
 def free_port() -> int:
@@ -96,6 +112,8 @@ def in_session(sid: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
+    if not Path(NGINX).exists():
+        pytest.skip("nginx is not installed (apt-get install nginx)")
     pair = Deployed(tmp_path_factory.mktemp("deploy"))
     try:
         yield pair
