@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup run test check bench soak clean
+.PHONY: setup run test check bench soak deploy-local clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,7 @@ run: setup
 	$(PY) -m flask --app service run --host 127.0.0.1 --port 5000
 
 test: setup
+	$(PY) -m mypy
 	$(PY) -m pytest -n auto
 
 # Benchmarks against baselines measured in the same run; writes bench/results.md and a plot.
@@ -29,6 +30,10 @@ bench: setup
 # The load-with-faults test for longer than `make test` runs it.
 soak: setup
 	KB_SOAK_SECONDS=$${KB_SOAK_SECONDS:-60} $(PY) -m pytest tests/test_load.py -q -n 0 -p no:logging -s
+
+# gunicorn behind nginx on loopback, as deployed (deploy/, README "Deploying"); needs Debian's nginx.
+deploy-local: setup
+	deploy/serve-local.sh $${PORT:-8080}
 
 check: setup
 	$(PY) -m kb check

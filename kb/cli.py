@@ -101,7 +101,7 @@ def cmd_check(args) -> int:
         done = check_all(answers.values(), runner, store, use_cache=not args.no_cache, jobs=args.jobs)
         for number, (answer, evidence, cached) in enumerate(done, 1):
             passed, total = ev.checks_count(evidence)
-            took = "cached" if cached else f"{evidence['duration_ms'] / 1000:.2f} s"
+            took = "cached" if cached else f"{(evidence['duration_ms'] or 0) / 1000:.2f} s"
             print(f"[{number}/{len(answers)}] {evidence['status']:<8} {answer.slug:<32} "
                   f"{passed}/{total} checks  {took}", file=report, flush=True)
             for line in problems(evidence, answer.path):

@@ -8,6 +8,12 @@ child reads the request. When a child exits, the server reports its exit status 
 connection, so the client can tell a crash or `os._exit` from a clean finish.
 Runs in a session of its own until its stdin closes (its parent went away, even by `kill -9`
 of its whole process group), then kills every child's process group.
+
+Nothing a snippet starts outlives its run: the server and every child are child subreapers
+(Linux `PR_SET_CHILD_SUBREAPER`), so a process that leaves its group (`setsid`, a double fork)
+is still reparented to them rather than to init, and the server kills every process reparented
+to it, which happens only once the run that started it is over. Each child also gets resource
+limits (`confine`); the environment it inherits is the allow-listed one `kb.runner` gives the server.
 """
 from __future__ import annotations
 
@@ -30,6 +36,11 @@ HEADER = struct.Struct("!I")
 # the next fork (bench/runner_overhead.py, back to back: 5.1 ms with one spare, 3.3 with two,
 # 2.7 with three, against 1.5-2.0 ms for a bare fork); each spare holds ~2 MB of private memory.
 SPARES = 2
+# Limits of every run besides the configurable time, memory and output (no answer needs more).
+FILE_SIZE = 64 << 20  # bytes in any one file a snippet writes (RLIMIT_FSIZE): a write past it fails
+OPEN_FILES = 256  # descriptors (RLIMIT_NOFILE)
+PROCESSES = 64  # processes and threads beyond what the user runs already (RLIMIT_NPROC; not for root)
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
 
 
 def send_frame(sock: socket.socket, message: dict) -> None:
@@ -61,7 +72,8 @@ class CappedText(io.TextIOBase):
     """A text sink that keeps the first `cap` bytes (UTF-8) and notes that more were dropped."""
 
     def __init__(self, cap: int):
-        self.cap, self.parts, self.size, self.truncated = cap, [], 0, False
+        self.cap, self.size, self.truncated = cap, 0, False
+        self.parts: list[str] = []
 
     def writable(self) -> bool:
         return True
@@ -99,7 +111,7 @@ def show(value) -> str | None:
     elif isinstance(value, np.ndarray):
         text = np.array2string(value, precision=4, threshold=12, separator=", ")
     elif isinstance(value, (tuple, list)) and all(isinstance(v, (int, float, np.number, str)) for v in value):
-        inner = ", ".join(show(v) for v in value)
+        inner = ", ".join(show(v) or "" for v in value)
         text = f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
     else:
         text = repr(value)
@@ -112,6 +124,7 @@ def _run_answer(conn: socket.socket) -> None:
     import numpy as np
 
     request = recv_frame(conn)
+    assert request is not None  # the parent sends the request right after connecting
     send_frame(conn, {"pid": os.getpid()})
     limits = request["limits"]
     page = os.sysconf("SC_PAGE_SIZE")
@@ -120,6 +133,7 @@ def _run_answer(conn: socket.socket) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (mapped + limits["memory"],) * 2)
     signal.alarm(int(limits["timeout"]) + 5)  # backstop should the client vanish
     os.chdir(request["workdir"])
+    _read_only_answers(request["answers_dir"], request["workdir"])
     np.random.seed(request["seed"])
     random.seed(request["seed"])
     path = request["path"]
@@ -161,7 +175,7 @@ def _run_snippet(snippet: dict, namespace: dict, path: str, limits: dict, plt) -
     finally:
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     duration = (time.perf_counter() - started) * 1000
-    figures = []
+    figures: list[dict[str, str]] = []
     for number in plt.get_fignums():
         figure = plt.figure(number)
         buffer = io.StringIO()
@@ -199,8 +213,8 @@ def _alt_text(figure) -> str:
     """A figure's alt text: its label, else its suptitle, else its axes' titles."""
     if figure.get_label():
         return figure.get_label()
-    if figure._suptitle is not None and figure._suptitle.get_text():
-        return figure._suptitle.get_text()
+    if figure.get_suptitle():
+        return figure.get_suptitle()
     return "; ".join(ax.get_title() for ax in figure.axes if ax.get_title())
 
 
@@ -228,6 +242,7 @@ def serve(socket_path: str) -> None:
     copy, so the client can tell a crash or `os._exit` from a clean finish.
     """
     _preload()
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of finished runs come back here to be killed
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(socket_path)
     listener.listen(128)
@@ -255,13 +270,15 @@ def serve(socket_path: str) -> None:
 
     while True:
         for key, _ in selector.select():
-            if key.data == "stdin" and not sys.stdin.buffer.read1(1):
+            if key.data == "stdin" and not os.read(sys.stdin.fileno(), 1):
                 _kill_children(children)
+                _kill_orphans({})
                 return
             if key.data == "reap":
                 os.read(wake_r, 4096)
             _take_connections(control, children)  # before reaping: a quick child may already be gone
             _reap(children, control)
+            _kill_orphans(children)
             top_up()
 
 
@@ -281,6 +298,42 @@ def _kill_children(children: dict) -> None:
             os.kill(pid, signal.SIGKILL)  # a child forked an instant ago may not lead its group yet
         except ProcessLookupError:
             pass
+
+
+def _kill_orphans(children: dict) -> None:
+    """Kill the processes reparented to the server, with their groups, until none is left.
+
+    Each child is itself a subreaper, so a process comes back here only when the child whose run
+    started it has exited: the run is over, and whatever it left running (a `setsid` daemon, a
+    double-forked process) goes now. Killing one may orphan its own children: look again.
+    """
+    me, own_group = os.getpid(), os.getpgrp()
+    while True:
+        strays = [pid for pid in _children_of(me) if pid not in children]
+        if not strays:
+            return
+        for pid in strays:
+            try:
+                group = os.getpgid(pid)
+                if group != own_group:
+                    os.killpg(group, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for pid in strays:  # SIGKILLed: they exit at once; their orphans are listed on the next pass
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _children_of(pid: int) -> list[int]:
+    """The children of the single-threaded process `pid` (Linux' /proc/PID/task/TID/children)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listing:
+            return [int(child) for child in listing.read().split()]
+    except OSError:
+        return []
 
 
 def _take_connections(control: socket.socket, children: dict) -> None:
@@ -306,9 +359,12 @@ def _child(listener, control, close_fds, server_pid) -> None:
     try:
         _die_with_parent(server_pid)
         os.setsid()  # own process group: the client kills the whole tree on timeout
+        # Orphans of this run stay here while it lasts, and go to the server (which kills them) after.
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
+        confine()
         for fd in close_fds:
             os.close(fd)
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -342,12 +398,68 @@ def _warm_up() -> None:
     gc.collect(0)
 
 
-def _die_with_parent(server_pid: int) -> None:
-    """A spare must not outlive its server (Linux: PR_SET_PDEATHSIG)."""
+def confine() -> None:
+    """Resource limits of a run, set in the spare before it takes one: file size, open files,
+    processes, no core dumps (RLIMIT_AS, which depends on the request, is set per run).
+
+    A write past FILE_SIZE fails with `OSError: [Errno 27] File too large` (SIGXFSZ is ignored,
+    or it would kill the child). RLIMIT_NPROC counts every process and thread of the user, so
+    it is set to what the user runs now plus PROCESSES; the kernel does not enforce it for root.
+    """
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limits = {resource.RLIMIT_FSIZE: FILE_SIZE, resource.RLIMIT_NOFILE: OPEN_FILES, resource.RLIMIT_CORE: 0}
+    if os.geteuid() != 0:
+        limits[resource.RLIMIT_NPROC] = _user_tasks() + PROCESSES
+    for which, value in limits.items():
+        hard = resource.getrlimit(which)[1]
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(which, (value, value))
+
+
+def _user_tasks() -> int:
+    """Processes and threads of this user, as RLIMIT_NPROC counts them."""
+    uid, count = os.getuid(), 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    count += len(os.listdir(f"/proc/{entry.name}/task"))
+            except OSError:
+                pass
+    return count
+
+
+def _read_only_answers(answers: str, workdir: str) -> bool:
+    """Where the kernel allows it (root, or CAP_SYS_ADMIN), give the run a mount namespace of its
+    own in which the answers directory is read-only: a snippet cannot overwrite an answer by
+    accident. Elsewhere (an unprivileged user, a container without the capability) nothing
+    changes. Mounts made here never reach the service: "/" is made private first, and the
+    namespace ends with the run's last process. (Root can remount it: this contains accidents.)
+    """
     import ctypes
 
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.path.commonpath([answers, workdir]) == answers:  # the scratch directory must stay writable
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+    CLONE_NEWNS, MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x20000, 1, 32, 4096, 16384, 1 << 18
+    if libc.unshare(CLONE_NEWNS) != 0 or libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        return False
+    target = answers.encode()
+    return (libc.mount(target, target, None, MS_BIND | MS_REC, None) == 0
+            and libc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None) == 0)
+
+
+def _prctl(option: int, value: int) -> None:
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")
+
+
+def _die_with_parent(server_pid: int) -> None:
+    """A spare must not outlive its server (Linux: PR_SET_PDEATHSIG)."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != server_pid:
         os._exit(0)
 

@@ -5,7 +5,9 @@ KB_ANSWERS (answers directory), KB_DB (SQLite file), KB_TIMEOUT (seconds per ans
 KB_MEMORY_MB and KB_OUTPUT_KIB (the runner's other limits),
 KB_MAX_RUNS (re-runs at once per process), KB_RUN_MISSING (answers without cached evidence at
 start-up: `background`, the default, runs them while the service already answers; `wait` runs
-them before `create_app` returns; `off` leaves them pending).
+them before `create_app` returns; `off` leaves them pending),
+KB_RUNS (re-runs on or off), KB_RUN_COOLDOWN (seconds a finished run is returned instead of
+re-running), KB_SECRET_KEY (signs the run form's token; see `guard.py`).
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from flask import Flask, g, request
 from flask.json.provider import DefaultJSONProvider
 
 from kb.library import Library
-from kb.runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits
+from kb.runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits, clean_up_on_sigterm
 
+from . import guard
 from .api import api
 from .knowledge import ResponseCache
 from .pages import pages
@@ -33,6 +36,9 @@ DEFAULTS = {
     "KB_MAX_RUNS": 2,
     "KB_RUN_MISSING": "background",
     "KB_STATIC": False,
+    "KB_RUNS": True,
+    "KB_RUN_COOLDOWN": 10.0,
+    "KB_SECRET_KEY": "",
 }
 
 CONDITIONAL = {"HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE"}  # what can turn a 200 into a 304
@@ -92,6 +98,8 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(pages)
     app.register_blueprint(api)
     register_error_handlers(app)
+    guard.init_app(app)
+    clean_up_on_sigterm()  # `make run`: a SIGTERM stops the fork server and removes its files
 
     @app.before_request
     def notice_edited_answers():

@@ -8,7 +8,8 @@ from flask import Blueprint, Response, abort, jsonify, request, url_for
 
 from kb.render import Html, highlight_python
 
-from .knowledge import answer_or_404, answer_response, library, listing, public_evidence, run_slot, snapshot
+from .guard import allow_run, run_or_reuse
+from .knowledge import answer_or_404, answer_response, library, listing, public_evidence, snapshot
 from .openapi import spec
 
 api = Blueprint("api", __name__)
@@ -55,10 +56,8 @@ def evidence(slug):
 
 @api.post("/api/answers/<slug>/run")
 def run(slug):
-    found = answer_or_404(slug)
-    with run_slot():
-        fresh = library().run(found)
-    return jsonify(public_evidence(fresh))
+    allow_run(slug, api=True)
+    return jsonify(public_evidence(run_or_reuse(answer_or_404(slug))))
 
 
 @api.get("/api/answers/<slug>/figures/<name>")
@@ -80,7 +79,7 @@ def search():
     if not query:
         abort(400, "Give a question in the 'q' parameter, e.g. /api/search?q=why+average+dW.")
     raw_limit = request.args.get("limit", "5")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 50:
+    if not re.fullmatch("[0-9]{1,2}", raw_limit) or not 1 <= int(raw_limit) <= 50:  # not isdigit(): "²"
         abort(400, "'limit' must be a whole number from 1 to 50.")
     return jsonify(query=query, results=search_results(query, int(raw_limit)))
 

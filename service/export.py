@@ -18,10 +18,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import create_app
+from . import CSP, create_app
 
 LINK_RE = re.compile(r'(?P<attr>href|src|action)="(?P<url>/[^"]*)"')
 MARKER = ".kb-export"
+# A static host sends no headers of ours: the pages carry the policy themselves (frame-ancestors
+# is not allowed in a <meta> policy; the rest is the service's).
+CSP_META = ('<meta http-equiv="Content-Security-Policy" content="'
+            + "; ".join(d for d in CSP.split("; ") if not d.startswith("frame-ancestors")) + '">')
 
 
 class ExportError(Exception):
@@ -69,7 +73,8 @@ def build(answers_dir, db_path, outdir) -> tuple[int, list]:
                     raise RuntimeError(f"GET {url} gave {response.status_code} while exporting")
                 data = response.data
                 if response.mimetype == "text/html":
-                    data = _relative_links(response.get_data(as_text=True), name, files).encode()
+                    html = _relative_links(response.get_data(as_text=True), name, files)
+                    data = html.replace('<meta charset="utf-8">', '<meta charset="utf-8">\n' + CSP_META, 1).encode()
                 elif response.mimetype == "application/json":
                     data = json.dumps(_relative_json(response.get_json(), name, files), ensure_ascii=False).encode()
                 target = site / name

@@ -121,9 +121,17 @@ def spec() -> dict:
                               "404": NOT_FOUND}}},
             "/api/answers/{slug}/run": {"post": {
                 "operationId": "runAnswer", "parameters": [SLUG],
+                "description": "Runs the answer again and stores the fresh evidence. A run of the same answer that "
+                               "finished less than KB_RUN_COOLDOWN seconds ago (default 10) is returned instead "
+                               "(its ran_at says when). Requires Content-Type: application/json; a browser request "
+                               "marked cross-site (Sec-Fetch-Site, Origin) is refused. KB_RUNS=off refuses every run.",
+                "requestBody": {"required": True, "description": "Ignored, but it must be JSON (e.g. {})",
+                                "content": {"application/json": {"schema": {"type": "object"}}}},
                 "responses": {
-                    "200": _json("Evidence", "Fresh evidence from running the answer now"),
+                    "200": _json("Evidence", "Fresh evidence from running the answer now, or from the run that just finished"),
+                    "403": _problem("Runs are switched off (KB_RUNS=off), or the request came from another site"),
                     "404": NOT_FOUND,
+                    "415": _problem("The request is not application/json"),
                     "429": _problem("Too many runs at once", {"Retry-After": {
                         "description": "Seconds to wait", "schema": {"type": "integer"}}}),
                 }}},
@@ -136,12 +144,13 @@ def spec() -> dict:
             "/api/search": {"get": {
                 "operationId": "search",
                 "parameters": [
-                    {"name": "q", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1},
-                     "description": "A question in free text"},
+                    {"name": "q", "in": "query", "required": True,
+                     "schema": {"type": "string", "minLength": 1, "pattern": "\\S"},
+                     "description": "A question in free text (not only whitespace)"},
                     {"name": "limit", "in": "query", "required": False,
                      "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5}}],
                 "responses": {"200": _json("SearchResults", "Answers best first"), "304": NOT_MODIFIED,
-                              "400": _problem("Missing or empty q, or limit out of range")}}},
+                              "400": _problem("Missing or blank q, or limit not ASCII digits from 1 to 50")}}},
             "/api/openapi.json": {"get": {"operationId": "openapi", "responses": {
                 "200": {"description": "This document", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         },

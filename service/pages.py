@@ -8,7 +8,8 @@ from kb import evidence as ev
 from kb.render import highlight_python, pygments_css, render_inline
 
 from .api import search_results
-from .knowledge import answer_or_404, answer_response, figure_url, library, run_slot, snapshot
+from .guard import allow_run, run_or_reuse
+from .knowledge import answer_or_404, answer_response, figure_url, library, snapshot
 
 pages = Blueprint("pages", __name__)
 
@@ -57,9 +58,9 @@ def _answer_page(answer, evidence) -> str:
 
 @pages.post("/answers/<slug>/run")
 def run(slug):
+    allow_run(slug, api=False)
     found = answer_or_404(slug)
-    with run_slot():
-        library().run(found)
+    run_or_reuse(found)
     return redirect(url_for("pages.answer", slug=found.slug, _anchor="evidence"), code=303)
 
 

@@ -81,7 +81,8 @@ def answers_dir(tmp_path):
 @pytest.fixture
 def small_app(tmp_path):
     answers = write_small_answers(tmp_path / "answers")
-    app = create_app({"KB_ANSWERS": str(answers), "KB_DB": str(tmp_path / "kb.sqlite3"), "TESTING": True})
+    app = create_app({"KB_ANSWERS": str(answers), "KB_DB": str(tmp_path / "kb.sqlite3"), "TESTING": True,
+                      "KB_RUN_COOLDOWN": 0})  # a re-run right after start-up runs
     yield app
     app.extensions["kb"].close()
 

@@ -108,7 +108,7 @@ def test_search_finds_answers_best_first(client):
 
 def test_run_returns_fresh_evidence(client, small_app):
     before = client.get("/api/answers/averaging/evidence").get_json()
-    response = client.post("/api/answers/averaging/run")
+    response = client.post("/api/answers/averaging/run", json={})
     assert response.status_code == 200
     fresh = response.get_json()
     conforms(fresh, "Evidence")
@@ -120,15 +120,16 @@ def test_run_returns_fresh_evidence(client, small_app):
 def test_run_flood_gets_429_with_retry_after(tmp_path):
     folder = tmp_path / "answers"
     folder.mkdir()
-    (folder / "slow.md").write_text(answer_text(snippets=['import time\ntime.sleep(1.0)\ncheck("slept", True)']))
+    for n in range(4):  # four answers: runs of one answer wait for each other rather than for a slot
+        (folder / f"slow-{n}.md").write_text(answer_text(snippets=['import time\ntime.sleep(1.0)\ncheck("slept", True)']))
     app = create_app({"KB_ANSWERS": str(folder), "KB_DB": str(tmp_path / "db"), "KB_MAX_RUNS": 1,
                       "KB_RUN_MISSING": False})
     responses = []
 
-    def post():
-        responses.append(app.test_client().post("/api/answers/slow/run"))
+    def post(n):
+        responses.append(app.test_client().post(f"/api/answers/slow-{n}/run", json={}))
 
-    threads = [threading.Thread(target=post) for _ in range(4)]
+    threads = [threading.Thread(target=post, args=(n,)) for n in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:

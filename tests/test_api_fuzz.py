@@ -4,13 +4,19 @@ In-process (WSGI) against an app over the small answers of `service_fixtures`, w
 number of examples per operation so that it runs in CI. Fails on any 5xx and on any response whose
 status, content type, headers or body disagree with the document.
 
+One test item per operation (`schema.parametrize()` gives them one node ID, and pytest-xdist
+then runs only one of them): each item asserts it sent requests, and the module fails at its end
+if an operation it collected did not run. Hypothesis also fuzzes `limit` of /api/search.
+
 The schema is built from `service.openapi.spec()` at import (schemathesis' lazy
 `pytest.from_fixture` loader does not work under pytest 9), and the test checks that the app
 serves exactly that document at /api/openapi.json; requests go to the app through `app=`.
 """
+import re
+
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service import create_app
@@ -18,6 +24,8 @@ from service.openapi import spec
 from service_fixtures import write_small_answers
 
 schema = schemathesis.openapi.from_dict(spec())
+OPERATIONS = {op.ok().label: op.ok() for op in schema.get_all_operations()}
+FUZZ = settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 
 @schema.hook
@@ -44,7 +52,55 @@ def fuzzed_app(tmp_path_factory):
     app.extensions["kb"].close()
 
 
-@schema.parametrize()
-@settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-def test_api_agrees_with_its_openapi_document(case, fuzzed_app):
-    case.call_and_validate(app=fuzzed_app)
+def test_every_operation_of_the_document_is_an_item():
+    documented = sorted(op["operationId"] for path in spec()["paths"].values() for op in path.values())
+    assert sorted(op.definition.raw["operationId"] for op in OPERATIONS.values()) == documented
+    assert len(OPERATIONS) == 8
+
+
+@pytest.fixture(scope="module")
+def fuzzed_operations(request):
+    """The operations fuzzed in this module; at its end, every one collected must be among them."""
+    ran: set[str] = set()
+    yield ran
+    collected = {item.callspec.params["label"] for item in request.session.items
+                 if getattr(item, "module", None) is request.module
+                 and item.originalname == "test_api_operation_agrees_with_its_openapi_document"}
+    assert collected <= ran, f"collected but not fuzzed: {sorted(collected - ran)}"
+
+
+@pytest.mark.parametrize("label", sorted(OPERATIONS))
+def test_api_operation_agrees_with_its_openapi_document(label, fuzzed_app, fuzzed_operations):
+    calls = []
+
+    @given(case=OPERATIONS[label].as_strategy())
+    @FUZZ
+    def fuzz(case):
+        calls.append(case.call_and_validate(app=fuzzed_app).status_code)
+
+    fuzz()
+    assert calls, f"no request was generated for {label}"
+    fuzzed_operations.add(label)
+
+
+def _valid_limit(text: str) -> bool:
+    return re.fullmatch("[0-9]{1,2}", text) is not None and 1 <= int(text) <= 50
+
+
+def _search_status(app, limit: str) -> int:
+    response = app.test_client().get("/api/search", query_string={"q": "sigmoid", "limit": limit})
+    assert response.status_code == 200 or response.mimetype == "application/problem+json"
+    return response.status_code
+
+
+@pytest.mark.parametrize("limit, status", [
+    ("²", 400), ("٣", 400), ("１", 400), ("5 ", 400), ("+5", 400), ("1.0", 400), ("0", 400), ("51", 400),
+    ("100", 400), ("", 400), ("05", 200), ("1", 200), ("50", 200)])
+def test_search_limit_cases(limit, status, fuzzed_app):
+    assert _search_status(fuzzed_app, limit) == status
+
+
+@given(limit=st.text(max_size=4) | st.integers(-5, 60).map(str))
+@FUZZ
+def test_search_limit_is_ascii_digits_from_1_to_50(limit, fuzzed_app):
+    assert _search_status(fuzzed_app, limit) == (200 if _valid_limit(limit) else 400), limit

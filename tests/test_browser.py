@@ -30,7 +30,8 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 def base_url(tmp_path_factory, real_evidence):
     db = tmp_path_factory.mktemp("db") / "kb.sqlite3"
     shutil.copyfile(real_evidence, db)
-    app = create_app({"KB_ANSWERS": str(ROOT / "answers"), "KB_DB": str(db)})
+    app = create_app({"KB_ANSWERS": str(ROOT / "answers"), "KB_DB": str(db),
+                      "KB_RUN_COOLDOWN": 0})  # "Run again" right after start-up runs again
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

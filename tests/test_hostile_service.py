@@ -65,10 +65,18 @@ def marked_sleepers() -> list[str]:
     return subprocess.run(["pgrep", "-f", f"sleep {SLEEP_MARKER}"], capture_output=True, text=True).stdout.split()
 
 
+
+def _request(url, method):
+    """A POST is a run: the API takes it as JSON only."""
+    if method != "POST":
+        return urllib.request.Request(url, method=method)
+    return urllib.request.Request(url, data=b"{}", method=method, headers={"Content-Type": "application/json"})
+
+
 def request(url: str, method: str = "GET", timeout: float = 60):
     """(status, headers, body) without raising for 4xx/5xx."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=timeout) as response:
+        with urllib.request.urlopen(_request(url, method), timeout=timeout) as response:
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.headers, error.read()
