@@ -33,7 +33,7 @@ def figure_url(slug: str, name: str) -> str:
 
 
 def public_evidence(evidence: dict) -> dict:
-    return ev.public(evidence, figure_url)
+    return ev.public(evidence, figure_url, library().answers.get(evidence["slug"]))
 
 
 def listing(answer, status: str) -> dict:

@@ -52,7 +52,7 @@ SCHEMAS = {
         },
     },
     "Evidence": {
-        "type": "object", "required": ["slug", "status", "ran_at", "duration_ms", "environment", "snippets"],
+        "type": "object", "required": ["slug", "status", "ran_at", "duration_ms", "environment", "snippets", "counts"],
         "additionalProperties": False,
         "properties": {
             "slug": {"type": "string"}, "status": {"$ref": "#/components/schemas/Status"},
@@ -60,7 +60,17 @@ SCHEMAS = {
             "environment": {"type": "object", "required": ["python", "numpy"],
                             "properties": {"python": {"type": "string"}, "numpy": {"type": "string"}}},
             "snippets": {"type": "array", "items": {"$ref": "#/components/schemas/Snippet"}},
+            "counts": {"$ref": "#/components/schemas/Counts"},
         },
+    },
+    "Counts": {
+        "type": "object", "description": "How far the run got; checks not reached are counted from the code.",
+        "required": ["snippets", "snippets_ran", "checks", "checks_passed", "checks_not_reached", "summary"],
+        "additionalProperties": False,
+        "properties": {"snippets": {"type": "integer", "minimum": 0}, "snippets_ran": {"type": "integer", "minimum": 0},
+                       "checks": {"type": "integer", "minimum": 0}, "checks_passed": {"type": "integer", "minimum": 0},
+                       "checks_not_reached": {"type": "integer", "minimum": 0},
+                       "summary": {"type": "string", "examples": ["ran 1 of 4 snippets; 3 of 3 checks so far hold, 7 not reached"]}},
     },
     "Answer": {
         "type": "object",
