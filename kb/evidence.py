@@ -89,18 +89,18 @@ def counts(evidence: dict, answer=None) -> dict:
     to: those are counted from the code (each `check(` call after the error's line, and every
     call in a skipped snippet). Pending evidence counts the answer's snippets, none run yet.
     """
-    snippets = [s for s in evidence["snippets"] if s["status"] != "norun"]
+    snippets = [s for s in evidence["snippets"] if s.get("status") != "norun"]
     if not snippets and answer is not None:
         snippets = [{"status": "skipped", "code": s.code, "line": s.line, "checks": [], "error": None}
                     for s in answer.runnable]
-    ran = [s for s in snippets if s["status"] in RAN]
-    checks = [c for s in ran for c in s["checks"]]
+    ran = [s for s in snippets if s.get("status") in RAN]
+    checks = [c for s in ran for c in s.get("checks", [])]
     not_reached = 0
     for snippet in snippets:
-        calls = check_lines(snippet["code"])
-        if snippet["status"] == "skipped":
+        calls = check_lines(snippet.get("code", ""))
+        if snippet.get("status") == "skipped":
             not_reached += len(calls)
-        elif snippet["status"] in ("error", "timeout"):
+        elif snippet.get("status") in ("error", "timeout"):
             stopped = (snippet.get("error") or {}).get("line")
             if stopped:
                 not_reached += sum(snippet["line"] + line > stopped for line in calls)
@@ -113,14 +113,15 @@ def counts(evidence: dict, answer=None) -> dict:
 def describe(c: dict) -> str:
     """The counts as a line a learner reads: "ran 1 of 4 snippets; 3 of 3 checks so far hold, 7 not reached"."""
     held = f"{c['checks_passed']} of {c['checks']} check{'s' if c['checks'] != 1 else ''}"
+    hold = "holds" if c["checks"] == 1 else "hold"
     if c["snippets_ran"] == 0:
         waiting = c["checks_not_reached"]
         return (f"not run yet: {c['snippets']} snippet{'s' if c['snippets'] != 1 else ''}, "
                 f"{waiting} check{'s' if waiting != 1 else ''} waiting")
     if c["snippets_ran"] == c["snippets"] and not c["checks_not_reached"]:
         failing = c["checks"] - c["checks_passed"]
-        return f"{held} hold" + (f", {failing} fail{'s' if failing == 1 else ''}" if failing else "")
-    return (f"ran {c['snippets_ran']} of {c['snippets']} snippets; {held} so far hold, "
+        return f"{held} {hold}" + (f", {failing} fail{'s' if failing == 1 else ''}" if failing else "")
+    return (f"ran {c['snippets_ran']} of {c['snippets']} snippets; {held} so far {hold}, "
             f"{c['checks_not_reached']} not reached")
 
 

@@ -101,6 +101,28 @@ def pygments_css() -> str:
                       "@media (prefers-color-scheme: dark) {", *("  " + r for r in dark_rules), "}", ""])
 
 
+_SVG_TAG = re.compile(r"<svg\b[^>]*>", re.S)
+_PX_PER = {"": 1, "px": 1, "pt": 4 / 3, "in": 96, "cm": 96 / 2.54, "mm": 96 / 25.4}
+
+
+def figure_size(svg: str) -> tuple[int, int] | None:
+    """The figure's size in CSS pixels from its <svg> width/height (or viewBox), for the <img>'s
+    width and height attributes: the browser reserves the space and the page does not jump."""
+    tag = _SVG_TAG.search(svg[:4096])
+    if not tag:
+        return None
+    size = []
+    for name in ("width", "height"):
+        m = re.search(rf'\s{name}="([\d.]+)(px|pt|in|cm|mm)?"', tag[0])
+        if not m:
+            break
+        size.append(round(float(m[1]) * _PX_PER[m[2] or ""]))
+    if len(size) < 2:
+        box = re.search(r'\sviewBox="[-\d.]+[\s,]+[-\d.]+[\s,]+([\d.]+)[\s,]+([\d.]+)"', tag[0])
+        size = [round(float(box[1])), round(float(box[2]))] if box else []
+    return (size[0], size[1]) if len(size) == 2 and all(size) else None
+
+
 # --- Markdown and sanitising ------------------------------------------------------------------
 
 def _markdown(slug) -> markdown.Markdown:
@@ -185,7 +207,9 @@ def _mathml(latex: str, display: str) -> str:
             el.text = el.text and _chars(el.text)
             el.tail = el.tail and _chars(el.tail)
         _typeset(root)
-        return tostring(root, encoding="unicode")  # escapes text and attribute values
+        mathml = tostring(root, encoding="unicode")
+        # A display formula wider than the column scrolls in its own box (a <span>: it sits in a <p>).
+        return f'<span class="math-display">{mathml}</span>' if display == "block" else mathml  # escapes text and attribute values
     except Exception as exc:  # noqa: BLE001 - any LaTeX latex2mathml rejects, however it fails
         delim = "$$" if display == "block" else "$"
         log.warning("cannot convert LaTeX %s%s%s: %r", delim, latex, delim, exc)

@@ -38,7 +38,7 @@ def public_evidence(evidence: dict) -> dict:
 
 def listing(answer, status: str) -> dict:
     return {"slug": answer.slug, "title": answer.title, "summary": answer.summary, "tags": answer.tags,
-            "status": status, "url": url_for("pages.answer", slug=answer.slug)}
+            "topic": answer.topic, "status": status, "url": url_for("pages.answer", slug=answer.slug)}
 
 
 class ResponseCache:

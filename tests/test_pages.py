@@ -14,20 +14,22 @@ def test_index_lists_questions_with_summary_tags_status_and_search(client):
     for title in ["Why is the slope of the sigmoid at most 1/4?", "Why do we average the gradient over the m examples?"]:
         assert title in html
     assert 'class="badge passed"' in html and 'class="badge failed"' in html
+    assert html.count('role="search"') == 1, "one search box on the home page"
     assert '<form class="search big" action="/search"' in html
     assert 'href="/tags/activation-functions"' in html
     assert '<link rel="alternate" type="application/json" href="/api/answers">' in html
-    assert "<math" in html, "summaries render their math"
+    assert "<math" in client.get("/tags/calculus").get_data(as_text=True), "summaries render their math"
 
 
 def test_answer_page_shows_each_snippet_with_its_evidence(client):
     response = client.get("/answers/sigmoid-slope")
     html = response.get_data(as_text=True)
     assert response.status_code == 200
-    assert 'data-status="passed"' in html and "1/1 checks hold" in html
+    assert 'data-status="passed"' in html and "1 of 1 check holds" in html
     assert "✓" in html and "σ&#39;(z) never exceeds 1/4" in html.replace("'", "&#39;")
     assert "max: 0.25" in html, "the snippet's printed output is shown"
     [src] = re.findall(r'<img src="([^"]+)"', html)
+    assert re.search(r'<img [^>]*width="\d+" height="\d+"', html), "the figure's size is reserved"
     assert src.startswith("/api/answers/sigmoid-slope/figures/0-0.svg")
     assert client.get(src).mimetype == "image/svg+xml"
     assert 'alt="The sigmoid&#39;s derivative peaks at 1/4"' in html
@@ -40,7 +42,8 @@ def test_answer_page_shows_each_snippet_with_its_evidence(client):
 def test_failed_evidence_is_shown_plainly(client):
     html = client.get("/answers/wrong-claim").get_data(as_text=True)
     assert 'class="badge failed"' in html and "✗" in html and "the slope exceeds 1/2" in html
-    assert "0/1 checks hold" in html
+    assert "0 of 1 check holds, 1 fails" in html
+    assert "failed at line" in html and "<code>check(&#34;the slope exceeds 1/2&#34;, 0.25 &gt; 0.5, 0.25)</code>" in html
 
 
 def test_run_again_is_a_plain_form_post_that_comes_back_with_fresh_evidence(client):
@@ -48,8 +51,13 @@ def test_run_again_is_a_plain_form_post_that_comes_back_with_fresh_evidence(clie
     time.sleep(1.1)  # ran_at has one-second resolution
     response = client.post("/answers/averaging/run")
     assert response.status_code == 303
-    assert response.headers["Location"].endswith("/answers/averaging#evidence")
-    after = re.search(r'datetime="([^"]+)"', client.get("/answers/averaging").get_data(as_text=True))[1]
+    location = response.headers["Location"]
+    assert location.startswith("/answers/averaging?was=passed.1.1") and location.endswith("#evidence")
+    assert re.match(r'<header id="evidence">\s*<h1>', client.get("/answers/averaging").get_data(as_text=True)
+                    .split('<article class="answer">')[1].strip()), "the anchor keeps the title in view"
+    page = client.get(location.split("#")[0]).get_data(as_text=True)
+    assert re.search(r'<p class="announce" role="status">re-ran in \d+\.\d s: 1 of 1 check still holds', page)
+    after = re.search(r'datetime="([^"]+)"', page)[1]
     assert after > before
 
 
@@ -129,7 +137,9 @@ def test_raw_html_and_script_in_answers_are_neutralised(tmp_path):
         html = app.test_client().get(path).get_data(as_text=True)
         tags = Tags()
         tags.feed(html)
-        assert not {"script", "iframe", "b"} & {name for name, _ in tags.seen}, path
+        assert not {"iframe", "b"} & {name for name, _ in tags.seen}, path
+        assert [dict(attrs) for name, attrs in tags.seen if name == "script"] == [
+            {"src": "/static/page.js", "defer": None}], "only the site's own script"
         for name, attrs in tags.seen:
             assert not any(key.startswith("on") for key, _ in attrs), (name, attrs)
             assert not any((value or "").lower().startswith("javascript:") for _, value in attrs), (name, attrs)
