@@ -122,7 +122,7 @@ def spec() -> dict:
                  "description": "Answers whose claims are checked by running NumPy snippets. "
                                 "GET responses carry an ETag and honour If-None-Match."},
         "paths": {
-            "/api": {"get": {"operationId": "apiPage", "summary": "This description as a page for people",
+            "/api/docs": {"get": {"operationId": "apiPage", "summary": "This description as a page for people",
                              "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
             "/healthz": {"get": {"operationId": "health", "responses": {"200": _json("Health", "Service is up")}}},
             "/api/answers": {"get": {

@@ -179,7 +179,7 @@ def tag(tag):
     return render_template("tag.html", tag=tag, entries=_entries(chosen), alternate=url_for("api.answers", tag=tag))
 
 
-@pages.get("/api")
+@pages.get("/api/docs")
 def api_docs():
     """The OpenAPI document as a page for people: every path, its parameters and responses."""
     document = spec()

@@ -274,7 +274,7 @@ def test_redirects_for_case_and_trailing_slash_and_the_favicon(client):
 def test_api_page_for_people_is_made_from_the_openapi_document(client):
     from service.openapi import spec
 
-    response = client.get("/api")
+    response = client.get("/api/docs")
     html = response.get_data(as_text=True)
     assert response.status_code == 200 and response.mimetype == "text/html"
     for path, methods in spec()["paths"].items():
@@ -282,4 +282,4 @@ def test_api_page_for_people_is_made_from_the_openapi_document(client):
             assert f'<span class="method">{method.upper()}</span> {path}</code>' in html
     assert 'id="schema-Evidence"' in html and '<a href="#schema-Counts">Counts</a>' in html
     assert '<link rel="alternate" type="application/json" href="/api/openapi.json">' in html
-    assert 'href="/api">JSON API</a>' in client.get("/").get_data(as_text=True)
+    assert 'href="/api/docs">JSON API</a>' in client.get("/").get_data(as_text=True)
