@@ -244,6 +244,8 @@ def _typeset(root) -> None:
                 el[1].tag, el[1].attrib = "mo", {"lspace": "0", "rspace": "0"}
             elif el.tag == "mi" and el.text and set(el.text) <= PRIMES:
                 el.tag = "mo"
+            elif el.tag == "mo" and el.text in FUNCTIONS:  # \\max comes out as an operator: "max (0, z)"
+                el.tag = "mi"
             elif el.tag == "mover" and len(el) == 2 and el[1].tag == "mo" and el[1].text in ACCENTS:
                 el.attrib, el[1].text = {"accent": "true"}, ACCENTS[el[1].text]
                 el[1].attrib = {"stretchy": "false"} if el[1].text != "¯" else {}

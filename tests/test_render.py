@@ -323,6 +323,8 @@ def math_body(latex: str, display: str = "inline") -> str:
                    '<mo stretchy="false">)</mo></mrow>'),
     ("e^{x}\\exp x", '<mrow><msup><mi>e</mi><mrow><mi>x</mi></mrow></msup><mspace width="0.1667em" />'
                      '<mi>exp</mi><mspace width="0.1667em" /><mi>x</mi></mrow>'),
+    ("g(z) = \\max(0, z)", '<mrow><mi>g</mi><mo stretchy="false">(</mo><mi>z</mi><mo stretchy="false">)</mo><mo>=</mo>'
+                           '<mi>max</mi><mo stretchy="false">(</mo><mn>0</mn><mo>,</mo><mi>z</mi><mo stretchy="false">)</mo></mrow>'),
     ("\\frac{1}{m}", '<mrow><mfrac><mrow><mn>1</mn></mrow><mrow><mi>m</mi></mrow></mfrac></mrow>'),
     ("\\sum_{i=1}^{m} x_i", '<mrow><msubsup><mo>∑</mo><mrow><mi>i</mi><mo>=</mo><mn>1</mn></mrow><mrow><mi>m</mi>'
                             '</mrow></msubsup><msub><mi>x</mi><mi>i</mi></msub></mrow>'),
