@@ -114,7 +114,7 @@ def test_every_answer_page_is_clean_on_a_phone(browser, base_url):
     problems = []
     page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
     page.goto(base_url + "/")
-    links = page.locator("ul.answers a.question")
+    links = page.locator("ul.entries a.question")
     slugs = [href.rsplit("/", 1)[1] for href in links.evaluate_all("els => els.map(e => e.getAttribute('href'))")]
     assert len(slugs) >= 3
     for slug in slugs:

@@ -283,3 +283,12 @@ def test_api_page_for_people_is_made_from_the_openapi_document(client):
     assert 'id="schema-Evidence"' in html and '<a href="#schema-Counts">Counts</a>' in html
     assert '<link rel="alternate" type="application/json" href="/api/openapi.json">' in html
     assert 'href="/api/docs">JSON API</a>' in client.get("/").get_data(as_text=True)
+
+
+def test_the_announcement_after_a_run_says_what_changed(client):
+    page = client.get("/answers/averaging?was=failed.0.1").get_data(as_text=True)
+    assert re.search(r"re-ran in \d+\.\d s: now 1 of 1 check holds \(before: 0 of 1\); failed → passed", page)
+    page = client.get("/answers/wrong-claim?was=failed.0.1").get_data(as_text=True)
+    assert re.search(r"re-ran in \d+\.\d s: no change, 0 of 1 check holds", page)
+    for junk in ["", "passed", "passed.1", "<script>.1.1", "passed.1.1.1"]:
+        assert 'class="announce"' not in client.get(f"/answers/averaging?was={junk}").get_data(as_text=True)
