@@ -24,10 +24,11 @@ def inline_markdown(text: str):
 
 @pages.before_app_request
 def without_trailing_slash():
-    """`/answers/x/` → 301 `/answers/x`: one URL per page. The Location is a path, never built from
-    the Host header, and leading slashes collapse so `//host/` cannot become an off-site redirect."""
+    """`/answers/x/` → 301 `/answers/x`: one URL per page (pages only: API URLs are exact, as
+    documented). The Location is a path, never built from the Host header, and leading slashes
+    collapse so `//host/` cannot become an off-site redirect."""
     path = request.path
-    if path != "/" and path.endswith("/") and request.method in ("GET", "HEAD"):
+    if path != "/" and path.endswith("/") and request.method in ("GET", "HEAD") and not path.startswith("/api/"):
         target = "/" + path.strip("/")
         query = request.query_string.decode("latin-1")
         return redirect(target + ("?" + query if query else ""), 301)

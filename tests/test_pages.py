@@ -269,6 +269,7 @@ def test_redirects_for_case_and_trailing_slash_and_the_favicon(client):
     assert response.headers["Location"] == "/evil.example", "never an off-site (scheme-relative) Location"
     assert client.get("/static/favicon.svg").mimetype == "image/svg+xml"
     assert client.get("/answers/UPPER").status_code == 404
+    assert client.get("/api/answers/").status_code == 404, "API URLs are exact"
 
 
 def test_api_page_for_people_is_made_from_the_openapi_document(client):
