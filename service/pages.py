@@ -1,6 +1,7 @@
 """HTML pages for people; each links its JSON twin with <link rel="alternate">."""
 from __future__ import annotations
 
+import ast
 import re
 
 from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
@@ -125,12 +126,23 @@ def _text(html: str) -> str:
 
 
 def source_line(snippet: dict, line) -> str | None:
-    """The source line `line` of the .md file, taken from the snippet's code (for a failed check)."""
+    """The condition a failed check tested, as written: `check(claim, condition, value)`'s second
+    argument at .md line `line`, taken from the code that ran (a check often spans lines)."""
     if not line:
         return None
-    lines = snippet["code"].splitlines()
-    offset = line - snippet["line"] - 1
-    return lines[offset].strip() if 0 <= offset < len(lines) else None
+    code, at = snippet["code"], line - snippet["line"]  # the code starts on the line after the fence
+    try:
+        calls = [node for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Call)
+                 and isinstance(node.func, ast.Name) and node.func.id == "check" and node.lineno <= at <= node.end_lineno]
+    except SyntaxError:
+        calls = []
+    for call in sorted(calls, key=lambda node: node.lineno, reverse=True):  # the innermost call
+        condition = call.args[1] if len(call.args) > 1 else next(
+            (k.value for k in call.keywords if k.arg == "condition"), None)
+        if condition is not None:
+            return " ".join(ast.get_source_segment(code, condition).split())
+    lines = code.splitlines()
+    return lines[at - 1].strip() if 0 < at <= len(lines) else None
 
 
 def _was(evidence) -> str:

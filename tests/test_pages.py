@@ -43,7 +43,7 @@ def test_failed_evidence_is_shown_plainly(client):
     html = client.get("/answers/wrong-claim").get_data(as_text=True)
     assert 'class="badge failed"' in html and "✗" in html and "the slope exceeds 1/2" in html
     assert "0 of 1 check holds, 1 fails" in html
-    assert "failed at line" in html and "<code>check(&#34;the slope exceeds 1/2&#34;, 0.25 &gt; 0.5, 0.25)</code>" in html
+    assert re.search(r'<span class="condition">false at line \d+: <code>0.25 &gt; 0.5</code></span>', html)
 
 
 def test_run_again_is_a_plain_form_post_that_comes_back_with_fresh_evidence(client):
@@ -174,7 +174,8 @@ def topic_answers(folder):
         snippets=['check("one is one", 1 == 1, 1)']))
     (folder / "stops.md").write_text(answer_text(
         title="What happens when a snippet raises?", summary="The answer stops there.", extra="topic: deep-networks\n",
-        snippets=['check("before", True, 1)\nraise ValueError("boom")\ncheck("after", True)',
+        snippets=['check("before", True, 1)\ncheck(\n    "spans lines",\n    1 + 1\n    == 3,\n    2,\n)\n'
+                  'raise ValueError("boom")\ncheck("after", True)',
                   'check("later", True)\ncheck("later again", True)']))
     (folder / "loose.md").write_text(answer_text(title="Where does this belong?", summary="Nowhere yet.",
                                                  snippets=['check("fine", True)']))
@@ -216,11 +217,12 @@ def test_counts_say_how_far_a_stopped_answer_got_with_the_failing_line(tmp_path)
     app = create_app({"KB_ANSWERS": str(topic_answers(tmp_path / "answers")), "KB_DB": str(tmp_path / "db")})
     client = app.test_client()
     html = client.get("/answers/stops").get_data(as_text=True)
-    assert "ran 1 of 2 snippets; 1 of 1 check so far holds, 3 not reached" in html
+    assert "ran 1 of 2 snippets; 1 of 2 checks so far hold, 3 not reached" in html
+    assert re.search(r'false at line \d+: <code>1 \+ 1 == 3</code>', html), "the whole condition, on one line"
     assert html.count('class="evidence skipped"') == 1, "the skipped snippet is marked, not green"
     counts = client.get("/api/answers/stops/evidence").get_json()["counts"]
-    assert counts == {"snippets": 2, "snippets_ran": 1, "checks": 1, "checks_passed": 1, "checks_not_reached": 3,
-                      "summary": "ran 1 of 2 snippets; 1 of 1 check so far holds, 3 not reached"}
+    assert counts == {"snippets": 2, "snippets_ran": 1, "checks": 2, "checks_passed": 1, "checks_not_reached": 3,
+                      "summary": "ran 1 of 2 snippets; 1 of 2 checks so far hold, 3 not reached"}
     app.extensions["kb"].close()
 
 
