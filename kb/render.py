@@ -238,7 +238,7 @@ def _typeset(root) -> None:
     """
     for parent in list(root.iter()):
         children = list(parent)
-        for i, el in enumerate(children):
+        for el in children:
             if el.tag == "msup" and len(el) == 2 and el[1].tag == "mi" and el[1].text and set(el[1].text) <= PRIMES:
                 el.tag, el.attrib = "mrow", {}
                 el[1].tag, el[1].attrib = "mo", {"lspace": "0", "rspace": "0"}
