@@ -177,6 +177,12 @@ def test_nothing_is_clipped_and_the_page_never_scrolls_sideways(browser, base_ur
     slugs = [href.rsplit("/", 1)[1] for href in
              page.locator("a.question").evaluate_all("els => els.map(e => e.getAttribute('href'))")]
     assert len(slugs) >= 20
+    assert page.locator("section.topic h2").count() >= 3, "the home page groups questions by topic"
+    assert page.locator("input[type=search]").count() == 1, "one search box"
+    box = page.locator("input[type=search]").bounding_box()
+    assert box["width"] >= 200 and box["x"] + box["width"] <= width, "the search box fits, placeholder and all"
+    badges = page.locator("ul.entries li .badge")
+    assert badges.count() == len(slugs) and badges.first.bounding_box()["x"] + badges.first.bounding_box()["width"] <= width
     scrollers = 0
     for path in ["/", "/api/docs", "/topics/shallow-networks", *(f"/answers/{slug}" for slug in slugs)]:
         page.goto(base_url + path)
