@@ -96,14 +96,21 @@ def cmd_check(args) -> int:
         return 2
     store = Store(args.db)
     started, results = time.monotonic(), []
-    print(f"checking {len(answers)} answer(s), {args.jobs} at a time", file=sys.stderr, flush=True)
+    jobs = min(args.jobs, len(answers)) or 1
+    print(f"checking {len(answers)} answer{'s' if len(answers) != 1 else ''}"
+          + (f", {jobs} at a time" if jobs > 1 else ""), file=sys.stderr, flush=True)
+    width = len(str(len(answers)))  # "[ 9/23]" and "[10/23]" line up
+    slug_width = max((len(slug) for slug in answers), default=0)
     with Runner(Limits.of(args.timeout, args.memory_mb, args.output_kib)) as runner:
-        done = check_all(answers.values(), runner, store, use_cache=not args.no_cache, jobs=args.jobs)
+        done = check_all(answers.values(), runner, store, use_cache=not args.no_cache, jobs=jobs)
         for number, (answer, evidence, cached) in enumerate(done, 1):
-            passed, total = ev.checks_count(evidence)
+            tally = ev.counts(evidence, answer)
             took = "cached" if cached else f"{(evidence['duration_ms'] or 0) / 1000:.2f} s"
-            print(f"[{number}/{len(answers)}] {evidence['status']:<8} {answer.slug:<32} "
-                  f"{passed}/{total} checks  {took}", file=report, flush=True)
+            checks = f"{tally['checks_passed']}/{tally['checks']} checks"
+            incomplete = tally["snippets_ran"] < tally["snippets"] or tally["checks_not_reached"]
+            note = f"  ({ev.describe(tally)})" if incomplete else ""
+            print(f"[{number:>{width}}/{len(answers)}] {evidence['status']:<8} {answer.slug:<{slug_width}}  "
+                  f"{checks:<12} {took:>8}{note}", file=report, flush=True)
             for line in problems(evidence, answer.path):
                 print(f"    {line}", file=report, flush=True)
             results.append(evidence)
@@ -113,7 +120,7 @@ def cmd_check(args) -> int:
     if args.json:
         results.sort(key=lambda e: e["slug"])
         figure_url = lambda slug, name: f"/api/answers/{slug}/figures/{name}"  # noqa: E731
-        json.dump([ev.public(e, figure_url) for e in results], sys.stdout, indent=2, allow_nan=False)
+        json.dump([ev.public(e, figure_url, answers.get(e["slug"])) for e in results], sys.stdout, indent=2, allow_nan=False)
         print()
     if errors:
         return 2

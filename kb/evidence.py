@@ -7,6 +7,7 @@ rules about it.
 """
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import json
@@ -143,7 +144,64 @@ def checks_count(evidence: Evidence) -> tuple[int, int]:
     return sum(c["passed"] for c in checks), len(checks)
 
 
-def cut_short(evidence: Evidence, limits) -> bool:
+RAN = {"passed", "failed", "error", "timeout"}
+
+
+def counts(evidence: Evidence, answer: Any = None) -> dict[str, int]:
+    """How far the run got: snippets run of those that run, checks run and held, checks not reached.
+
+    A snippet that raises stops the answer, so "0/1 checks" would hide the checks it never got
+    to: those are counted from the code (each `check(` call after the error's line, and every
+    call in a skipped snippet). Pending evidence counts the answer's snippets, none run yet.
+    """
+    snippets = [s for s in evidence["snippets"] if s["status"] != "norun"]
+    if not snippets and answer is not None:
+        snippets = [unreached(s, "skipped") for s in answer.runnable]
+    ran = [s for s in snippets if s["status"] in RAN]
+    checks = [c for s in ran for c in s["checks"]]
+    not_reached = 0
+    for snippet in snippets:
+        calls = check_lines(snippet["code"])
+        if snippet["status"] == "skipped":
+            not_reached += len(calls)
+        elif snippet["status"] in ("error", "timeout"):
+            error = snippet["error"]
+            stopped = error["line"] if error else None
+            if stopped:
+                not_reached += sum(snippet["line"] + line > stopped for line in calls)
+            else:
+                not_reached += max(0, len(calls) - len(snippet["checks"]))
+    return {"snippets": len(snippets), "snippets_ran": len(ran), "checks": len(checks),
+            "checks_passed": sum(c["passed"] for c in checks), "checks_not_reached": not_reached}
+
+
+def describe(c: dict[str, int]) -> str:
+    """The counts as a line a learner reads: "ran 1 of 4 snippets; 3 of 3 checks so far hold, 7 not reached"."""
+    held = f"{c['checks_passed']} of {c['checks']} check{'s' if c['checks'] != 1 else ''}"
+    hold = "holds" if c["checks"] == 1 else "hold"
+    if c["snippets_ran"] == 0:
+        waiting = c["checks_not_reached"]
+        return (f"not run yet: {c['snippets']} snippet{'s' if c['snippets'] != 1 else ''}, "
+                f"{waiting} check{'s' if waiting != 1 else ''} waiting")
+    if c["snippets_ran"] == c["snippets"] and not c["checks_not_reached"]:
+        failing = c["checks"] - c["checks_passed"]
+        return f"{held} {hold}" + (f", {failing} fail{'s' if failing == 1 else ''}" if failing else "")
+    return (f"ran {c['snippets_ran']} of {c['snippets']} snippets; {held} so far {hold}, "
+            f"{c['checks_not_reached']} not reached")
+
+
+@functools.lru_cache(maxsize=4096)
+def check_lines(code: str) -> tuple[int, ...]:
+    """The lines (1-based, within the snippet) of the `check(...)` calls written in its code."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return tuple(i for i, line in enumerate(code.splitlines(), 1) if "check(" in line)
+    return tuple(sorted(node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+                        and isinstance(node.func, ast.Name) and node.func.id == "check"))
+
+
+def cut_short(evidence: Evidence, limits: Any) -> bool:
     """True if a limit stopped this evidence and has been raised since: it should run again.
 
     The cache key leaves the limits out (changing a limit must not re-run every answer), so an
@@ -160,9 +218,11 @@ def cut_short(evidence: Evidence, limits) -> bool:
             or (limits.output > ran_with["output"] and any(s["truncated"] for s in snippets)))
 
 
-def public(evidence: Evidence, figure_url: Callable[[str, str], str]) -> dict[str, Any]:
-    """The contract's JSON shape: figures become URLs, non-finite floats become null."""
+def public(evidence: Evidence, figure_url: Callable[[str, str], str], answer: Any = None) -> dict[str, Any]:
+    """The contract's JSON shape: figures become URLs, non-finite floats become null; plus `counts`."""
     out = {k: v for k, v in evidence.items() if k not in INTERNAL}
+    tally = counts(evidence, answer)
+    out["counts"] = {**tally, "summary": describe(tally)}
     out["snippets"] = [
         {**s, "figures": [figure_url(evidence["slug"], f["name"]) for f in s["figures"]],
          "figure_alts": [f["alt"] for f in s["figures"]]}

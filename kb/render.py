@@ -10,6 +10,7 @@ The pipeline, and why each step is there:
    nh3 sanitises the result (no scripts, event handlers, `javascript:` URLs or `style`).
 4. The tokens are replaced by MathML serialised here from latex2mathml's element tree: its own
    `convert()` unescapes the text it produced, so `\\text{<script>}` would come out as markup.
+   The tree is corrected first (`_typeset`): primes, function names and accents as TeX sets them.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
-from xml.etree.ElementTree import tostring
+from xml.etree.ElementTree import Element, tostring
 
 import markdown
 import nh3
@@ -119,6 +120,28 @@ def pygments_css() -> str:
                       "@media (prefers-color-scheme: dark) {", *("  " + r for r in dark_rules), "}", ""])
 
 
+_SVG_TAG = re.compile(r"<svg\b[^>]*>", re.S)
+_PX_PER = {"": 1, "px": 1, "pt": 4 / 3, "in": 96, "cm": 96 / 2.54, "mm": 96 / 25.4}
+
+
+def figure_size(svg: str) -> tuple[int, int] | None:
+    """The figure's size in CSS pixels from its <svg> width/height (or viewBox), for the <img>'s
+    width and height attributes: the browser reserves the space and the page does not jump."""
+    tag = _SVG_TAG.search(svg[:4096])
+    if not tag:
+        return None
+    size = []
+    for name in ("width", "height"):
+        m = re.search(rf'\s{name}="([\d.]+)(px|pt|in|cm|mm)?"', tag[0])
+        if not m:
+            break
+        size.append(round(float(m[1]) * _PX_PER[m[2] or ""]))
+    if len(size) < 2:
+        box = re.search(r'\sviewBox="[-\d.]+[\s,]+[-\d.]+[\s,]+([\d.]+)[\s,]+([\d.]+)"', tag[0])
+        size = [round(float(box[1])), round(float(box[2]))] if box else []
+    return (size[0], size[1]) if len(size) == 2 and all(size) else None
+
+
 # --- Markdown and sanitising ------------------------------------------------------------------
 
 def _markdown(slug) -> markdown.Markdown:
@@ -202,12 +225,71 @@ def _mathml(latex: str, display: str) -> str:
             el.attrib = {k: _chars(v) for k, v in el.attrib.items() if k in _MATHML_ATTRS}
             el.text = el.text and _chars(el.text)
             el.tail = el.tail and _chars(el.tail)
-        return tostring(root, encoding="unicode")  # escapes text and attribute values
+        _typeset(root)
+        mathml = tostring(root, encoding="unicode")
+        # A display formula wider than the column scrolls in its own box (a <span>: it sits in a <p>).
+        return f'<span class="math-display">{mathml}</span>' if display == "block" else mathml  # escapes text and attribute values
     except Exception as exc:  # noqa: BLE001 - any LaTeX latex2mathml rejects, however it fails
         delim = "$$" if display == "block" else "$"
         log.warning("cannot convert LaTeX %s%s%s: %r", delim, latex, delim, exc)
         return (f'<code class="math-error" title="{html.escape(f"LaTeX error: {str(exc) or type(exc).__name__}")}">'
                 f"{html.escape(delim + latex + delim)}</code>")
+
+
+PRIMES = set("′″‴⁗")
+FUNCTIONS = {"arg", "cos", "cosh", "det", "dim", "exp", "inf", "lg", "lim", "ln", "log", "max", "min",
+             "sgn", "sin", "sinh", "sup", "tan", "tanh"}
+ACCENTS = {"^": "ˆ", "~": "˜", "¯": "¯", "˙": "˙", "¨": "¨", "→": "→", "ˇ": "ˇ", "´": "´", "`": "`"}
+_SCRIPTS = {"msub", "msup", "msubsup", "munder", "mover", "munderover"}
+_OPENING = set("([{|‖⟨")
+
+
+def _typeset(root) -> None:
+    """Correct latex2mathml's tree where it sets a formula differently from TeX.
+
+    - A prime (`g'`, `\\sigma'`) comes out as `<msup><mi>g</mi><mi>′</mi></msup>`, but a Unicode math
+      font draws U+2032 already raised at full size: as a superscript it is shrunk and lifted
+      again into a faint tick above the letter. It becomes `<mi>g</mi><mo>′</mo>` at full size.
+    - Function names (`\\log`, `\\exp`, `\\tanh`) are plain `<mi>`s run into their neighbours
+      (`−ylog a`); TeX puts a thin space on each side unless a bracket or operator is there.
+    - Accents (`\\hat`, `\\bar`, `\\tilde`) are marked as accents with their spacing glyphs, so they
+      sit on the letter instead of floating above it as an over-script.
+    """
+    for parent in list(root.iter()):
+        children = list(parent)
+        for el in children:
+            if el.tag == "msup" and len(el) == 2 and el[1].tag == "mi" and el[1].text and set(el[1].text) <= PRIMES:
+                el.tag, el.attrib = "mrow", {}
+                el[1].tag, el[1].attrib = "mo", {"lspace": "0", "rspace": "0"}
+            elif el.tag == "mi" and el.text and set(el.text) <= PRIMES:
+                el.tag = "mo"
+            elif el.tag == "mo" and el.text in FUNCTIONS:  # \\max comes out as an operator: "max (0, z)"
+                el.tag = "mi"
+            elif el.tag == "mover" and len(el) == 2 and el[1].tag == "mo" and el[1].text in ACCENTS:
+                el.attrib, el[1].text = {"accent": "true"}, ACCENTS[el[1].text]
+                el[1].attrib = {"stretchy": "false"} if el[1].text != "¯" else {}
+        if parent.tag in _SCRIPTS:
+            continue  # a function name as a base or a script keeps its scripts' own spacing
+        for i in reversed(range(len(children))):
+            if not _is_function(children[i]):
+                continue
+            after = children[i + 1] if i + 1 < len(children) else None
+            before = children[i - 1] if i else None
+            if after is not None and not (after.tag == "mo" and (after.text or "") in _OPENING | PRIMES):
+                parent.insert(i + 1, _thin_space())
+            if before is not None and (before.tag != "mo" or (before.text or "") in set(")]}")):
+                parent.insert(i, _thin_space())
+
+
+def _is_function(el) -> bool:
+    base = el[0] if el.tag in _SCRIPTS and len(el) else el
+    if base.tag == "mrow" and len(base) and base[-1].tag == "mo" and base[-1].text in PRIMES:
+        base = base[0]  # \\tanh'
+    return base.tag == "mi" and base.text in FUNCTIONS
+
+
+def _thin_space():
+    return Element("mspace", {"width": "0.1667em"})
 
 
 _TAG_RE = re.compile(r'<(/?)([a-zA-Z0-9]+)(?:[^>"]|"[^"]*")*>')  # nh3 quotes every attribute with "

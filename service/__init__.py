@@ -84,6 +84,7 @@ def create_app(config: dict | None = None) -> Flask:
     run_missing = RUN_MISSING.get(str(app.config["KB_RUN_MISSING"]).lower())
     if run_missing is None:
         raise ValueError(f"KB_RUN_MISSING must be one of {', '.join(RUN_MISSING)}, not {app.config['KB_RUN_MISSING']!r}")
+    app.config["KB_RUN_MISSING"] = run_missing  # background | wait | off, whatever spelling was given
     library = Library(app.config["KB_ANSWERS"], app.config["KB_DB"], limits,
                       run_changed=run_missing != "off" and not app.config["KB_STATIC"])
     if run_missing == "background":

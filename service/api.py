@@ -24,8 +24,9 @@ def healthz():
 
 @api.get("/api/answers")
 def answers():
-    tag = request.args.get("tag")
-    chosen = [a for a in sorted(snapshot().answers.values(), key=lambda a: a.title) if tag is None or tag in a.tags]
+    tag, topic = request.args.get("tag"), request.args.get("topic")
+    chosen = [a for a in sorted(snapshot().answers.values(), key=lambda a: a.title)
+              if (tag is None or tag in a.tags) and (topic is None or a.topic == topic)]
     statuses = library().statuses(chosen)
     return jsonify(answers=[listing(a, statuses[a.slug]) for a in chosen])
 
@@ -36,6 +37,7 @@ def answer(slug):
 
     def make(evidence):
         return json.dumps({"slug": found.slug, "title": found.title, "summary": found.summary, "tags": found.tags,
+                           "topic": found.topic,
                            "aliases": found.aliases, "related": found.related, "sources": found.sources,
                            "html": body_html(found), "evidence": public_evidence(evidence)},
                           ensure_ascii=False, allow_nan=False)

@@ -18,6 +18,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from kb.topics import TOPICS
+
 from . import CSP, create_app
 
 LINK_RE = re.compile(r'(?P<attr>href|src|action)="(?P<url>/[^"]*)"')
@@ -55,10 +57,12 @@ def build(answers_dir, db_path, outdir) -> tuple[int, list]:
         tags = sorted({t for a in answers for t in a.tags})
         files = {"/": "index.html", "/search": "search.html", "/static/style.css": "static/style.css",
                  "/static/search.js": "static/search.js", "/static/favicon.svg": "static/favicon.svg", "/pygments.css": "pygments.css",
-                 "/api/answers": "api/answers.json"}
+                 "/static/page.js": "static/page.js", "/static/fonts/NotoSansMath-Regular.woff2": "static/fonts/NotoSansMath-Regular.woff2",
+                 "/static/fonts/OFL.txt": "static/fonts/OFL.txt", "/api/answers": "api/answers.json"}
         files.update({f"/answers/{a.slug}": f"answers/{a.slug}.html" for a in answers})
         files.update({f"/api/answers/{a.slug}": f"api/answers/{a.slug}.json" for a in answers})
         files.update({f"/tags/{t}": f"tags/{t}.html" for t in tags})
+        files.update({f"/topics/{t.key}": f"topics/{t.key}.html" for t in TOPICS})
         for answer in answers:
             for snippet in library.evidence(answer)["snippets"]:
                 for figure in snippet["figures"]:

@@ -45,12 +45,12 @@ def figure_url(slug: str, name: str) -> str:
 
 
 def public_evidence(evidence: ev.Evidence) -> dict:
-    return ev.public(evidence, figure_url)
+    return ev.public(evidence, figure_url, snapshot().answers.get(evidence["slug"]))
 
 
 def listing(answer, status: str) -> dict:
     return {"slug": answer.slug, "title": answer.title, "summary": answer.summary, "tags": answer.tags,
-            "status": status, "url": url_for("pages.answer", slug=answer.slug)}
+            "topic": answer.topic, "status": status, "url": url_for("pages.answer", slug=answer.slug)}
 
 
 class ResponseCache:

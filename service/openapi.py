@@ -1,6 +1,8 @@
 """The OpenAPI 3.1 description of the JSON API; tests hold the real responses to it."""
 from __future__ import annotations
 
+from kb.topics import TOPICS
+
 STRING_LIST = {"type": "array", "items": {"type": "string"}}
 NULLABLE_NUMBER = {"type": ["number", "null"]}
 
@@ -15,16 +17,19 @@ SCHEMAS = {
         "properties": {"status": {"const": "ok"}, "answers": {"type": "integer", "minimum": 0}},
     },
     "AnswerListing": {
-        "type": "object", "required": ["slug", "title", "summary", "tags", "status", "url"],
+        "type": "object", "required": ["slug", "title", "summary", "tags", "topic", "status", "url"],
         "additionalProperties": False,
         "properties": {"slug": {"type": "string", "pattern": "^[a-z0-9]+(-[a-z0-9]+)*$"},
                        "title": {"type": "string"}, "summary": {"type": "string"}, "tags": STRING_LIST,
+                       "topic": {"$ref": "#/components/schemas/Topic"},
                        "status": {"$ref": "#/components/schemas/Status"}, "url": {"type": "string"}},
     },
     "AnswerList": {
         "type": "object", "required": ["answers"], "additionalProperties": False,
         "properties": {"answers": {"type": "array", "items": {"$ref": "#/components/schemas/AnswerListing"}}},
     },
+    "Topic": {"enum": [*(t.key for t in TOPICS), None],
+              "description": "The section of the Deep Learning Specialization the answer belongs to (null: none)"},
     "Status": {"enum": ["passed", "failed", "error", "timeout", "pending"]},
     "Check": {
         "type": "object", "required": ["claim", "passed", "value", "line"], "additionalProperties": False,
@@ -52,7 +57,7 @@ SCHEMAS = {
         },
     },
     "Evidence": {
-        "type": "object", "required": ["slug", "status", "ran_at", "duration_ms", "environment", "snippets"],
+        "type": "object", "required": ["slug", "status", "ran_at", "duration_ms", "environment", "snippets", "counts"],
         "additionalProperties": False,
         "properties": {
             "slug": {"type": "string"}, "status": {"$ref": "#/components/schemas/Status"},
@@ -60,13 +65,24 @@ SCHEMAS = {
             "environment": {"type": "object", "required": ["python", "numpy"],
                             "properties": {"python": {"type": "string"}, "numpy": {"type": "string"}}},
             "snippets": {"type": "array", "items": {"$ref": "#/components/schemas/Snippet"}},
+            "counts": {"$ref": "#/components/schemas/Counts"},
         },
+    },
+    "Counts": {
+        "type": "object", "description": "How far the run got; checks not reached are counted from the code.",
+        "required": ["snippets", "snippets_ran", "checks", "checks_passed", "checks_not_reached", "summary"],
+        "additionalProperties": False,
+        "properties": {"snippets": {"type": "integer", "minimum": 0}, "snippets_ran": {"type": "integer", "minimum": 0},
+                       "checks": {"type": "integer", "minimum": 0}, "checks_passed": {"type": "integer", "minimum": 0},
+                       "checks_not_reached": {"type": "integer", "minimum": 0},
+                       "summary": {"type": "string", "examples": ["ran 1 of 4 snippets; 3 of 3 checks so far hold, 7 not reached"]}},
     },
     "Answer": {
         "type": "object",
-        "required": ["slug", "title", "summary", "tags", "aliases", "related", "sources", "html", "evidence"],
+        "required": ["slug", "title", "summary", "tags", "topic", "aliases", "related", "sources", "html", "evidence"],
         "additionalProperties": False,
         "properties": {"slug": {"type": "string"}, "title": {"type": "string"}, "summary": {"type": "string"},
+                       "topic": {"$ref": "#/components/schemas/Topic"},
                        "tags": STRING_LIST, "aliases": STRING_LIST, "related": STRING_LIST, "sources": STRING_LIST,
                        "html": {"type": "string"}, "evidence": {"$ref": "#/components/schemas/Evidence"}},
     },
@@ -106,10 +122,15 @@ def spec() -> dict:
                  "description": "Answers whose claims are checked by running NumPy snippets. "
                                 "GET responses carry an ETag and honour If-None-Match."},
         "paths": {
+            "/api/docs": {"get": {"operationId": "apiPage", "summary": "This description as a page for people",
+                             "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
             "/healthz": {"get": {"operationId": "health", "responses": {"200": _json("Health", "Service is up")}}},
             "/api/answers": {"get": {
                 "operationId": "listAnswers",
-                "parameters": [{"name": "tag", "in": "query", "required": False, "schema": {"type": "string"}}],
+                "parameters": [{"name": "tag", "in": "query", "required": False, "schema": {"type": "string"},
+                                "description": "Only the answers with this tag"},
+                               {"name": "topic", "in": "query", "required": False, "schema": {"type": "string"},
+                                "description": "Only the answers in this topic (its key, e.g. shallow-networks)"}],
                 "responses": {"200": _json("AnswerList", "Every answer, by title"), "304": NOT_MODIFIED}}},
             "/api/answers/{slug}": {"get": {
                 "operationId": "getAnswer", "parameters": [SLUG],

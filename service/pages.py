@@ -1,15 +1,20 @@
 """HTML pages for people; each links its JSON twin with <link rel="alternate">."""
 from __future__ import annotations
 
+import ast
+import re
+
 from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
 from markupsafe import Markup
 
 from kb import evidence as ev
-from kb.render import highlight_python, pygments_css, render_inline
+from kb.render import figure_size, highlight_python, pygments_css, render_inline
+from kb.topics import BY_KEY, TOPICS
 
 from .api import search_results
 from .guard import allow_run, run_or_reuse
 from .knowledge import answer_or_404, answer_response, figure_url, library, snapshot
+from .openapi import spec
 
 pages = Blueprint("pages", __name__)
 
@@ -19,24 +24,68 @@ def inline_markdown(text: str):
     return Markup(render_inline(text))
 
 
+@pages.before_app_request
+def without_trailing_slash():
+    """`/answers/x/` → 301 `/answers/x`: one URL per page (pages only: API URLs are exact, as
+    documented). The Location is a path, never built from the Host header, and leading slashes
+    collapse so `//host/` cannot become an off-site redirect."""
+    path = request.path
+    if path != "/" and path.endswith("/") and request.method in ("GET", "HEAD") and not path.startswith("/api/"):
+        target = "/" + path.strip("/")
+        query = request.query_string.decode("latin-1")
+        return redirect(target + ("?" + query if query else ""), 301)
+    return None
+
+
+@pages.get("/favicon.ico")
+def favicon():
+    return redirect(url_for("static", filename="favicon.svg"), 301)
+
+
+def _entries(answers):
+    chosen = sorted(answers, key=lambda a: a.title)
+    statuses = library().statuses(chosen)
+    return [(a, statuses[a.slug]) for a in chosen]
+
+
 @pages.get("/")
 def index():
     known = snapshot()
-    chosen = sorted(known.answers.values(), key=lambda a: a.title)
-    statuses = library().statuses(chosen)
-    entries = [(a, statuses[a.slug]) for a in chosen]
+    entries = _entries(known.answers.values())
+    groups = [(topic, [e for e in entries if e[0].topic == topic.key]) for topic in TOPICS]
+    groups = [(topic, chosen) for topic, chosen in groups if chosen]
+    other = [e for e in entries if e[0].topic not in BY_KEY]
     tags = sorted({t for a in known.answers.values() for t in a.tags})
-    return render_template("index.html", entries=entries, tags=tags, errors=known.errors,
-                           alternate=url_for("api.answers"))
+    return render_template("index.html", groups=groups, other=other, total=len(entries), tags=tags,
+                           errors=known.errors, alternate=url_for("api.answers"), home=True)
+
+
+@pages.get("/topics/<key>")
+def topic(key):
+    found = BY_KEY.get(key)
+    if found is None:
+        if key.lower() in BY_KEY:
+            return redirect(url_for("pages.topic", key=key.lower()), 301)
+        abort(404, f"There is no topic named '{key}'.")
+    entries = _entries(a for a in snapshot().answers.values() if a.topic == key)
+    position = TOPICS.index(found)
+    neighbours = (TOPICS[position - 1] if position else None, TOPICS[position + 1] if position + 1 < len(TOPICS) else None)
+    return render_template("topic.html", topic=found, entries=entries, neighbours=neighbours,
+                           alternate=url_for("api.answers", topic=key))
 
 
 @pages.get("/answers/<slug>")
 def answer(slug):
+    if slug != slug.lower() and slug.lower() in library().answers:
+        return redirect(url_for("pages.answer", slug=slug.lower()), 301)
     found = answer_or_404(slug)
+    was = request.args.get("was")
+    if was is not None:  # just re-run: the page says what changed, so it is not the cached one
+        return _answer_page(found, library().evidence(found), announce=_changes(was, library().evidence(found)))
     return answer_response("page", found, lambda evidence: _answer_page(found, evidence), "text/html")
 
 
-def _answer_page(answer, evidence) -> str:
+def _answer_page(answer, evidence, announce=None) -> str:
     known = snapshot()
     by_index = {s["index"]: s for s in evidence["snippets"]}
     rendered = known.rendered(answer)
@@ -47,21 +96,85 @@ def _answer_page(answer, evidence) -> str:
         else:
             snippet = answer.snippets[value]
             parts.append(("snippet", highlight_python(snippet.code), snippet, by_index.get(value)))
-    passed, total = ev.checks_count(evidence)
     related = [known.answers[s] for s in answer.related if s in known.answers]
     version = evidence["ran_at"] or ""
+    sizes = {(s["index"], f["name"]): figure_size(library().figure(answer, f["name"]) or "")
+             for s in evidence["snippets"] for f in s["figures"]}
     return render_template("answer.html", answer=answer, evidence=evidence, parts=parts, related=related,
-                           passed=passed, total=total, toc=rendered.toc,
+                           counts=ev.describe(ev.counts(evidence, answer)), toc=rendered.toc,
+                           topic=BY_KEY.get(answer.topic), announce=announce,
+                           show_lead=not repeats_lead(answer.summary, rendered.parts),
                            figure_url=lambda name: f"{figure_url(answer.slug, name)}?v={version}",
-                           alternate=url_for("api.answer", slug=answer.slug))
+                           figure_size=lambda index, name: sizes.get((index, name)),
+                           source_line=source_line, alternate=url_for("api.answer", slug=answer.slug))
+
+
+def repeats_lead(summary: str, parts) -> bool:
+    """True if the body opens with a section (e.g. "Short answer") whose text is the summary.
+
+    The page then leaves out the lead paragraph rather than the section: the section keeps its
+    place in the contents and its permalink, and the reader sees the summary once, in place.
+    """
+    first = next((value for kind, value in parts if kind == "html"), "")
+    match = re.match(r"\s*<h2[^>]*>.*?</h2>\s*(.*?)(?=<h[1-6][ >]|$)", first, re.S)
+    if not match:
+        return False
+    return _text(match[1]) == _text(render_inline(summary))
+
+
+def _text(html: str) -> str:
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
+def source_line(snippet: dict, line) -> str | None:
+    """The condition a failed check tested, as written: `check(claim, condition, value)`'s second
+    argument at .md line `line`, taken from the code that ran (a check often spans lines)."""
+    if not line:
+        return None
+    code, at = snippet["code"], line - snippet["line"]  # the code starts on the line after the fence
+    try:
+        calls = [node for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Call)
+                 and isinstance(node.func, ast.Name) and node.func.id == "check" and node.lineno <= at <= node.end_lineno]
+    except SyntaxError:
+        calls = []
+    for call in sorted(calls, key=lambda node: node.lineno, reverse=True):  # the innermost call
+        condition = call.args[1] if len(call.args) > 1 else next(
+            (k.value for k in call.keywords if k.arg == "condition"), None)
+        segment = ast.get_source_segment(code, condition) if condition is not None else None
+        if segment is not None:
+            return " ".join(segment.split())
+    lines = code.splitlines()
+    return lines[at - 1].strip() if 0 < at <= len(lines) else None
+
+
+def _was(evidence) -> str:
+    c = ev.counts(evidence)
+    return f"{evidence['status']}.{c['checks_passed']}.{c['checks']}"
+
+
+def _changes(was: str, evidence) -> str | None:
+    """What a re-run changed, as one sentence: "re-ran in 1.4 s: 10 of 10 checks still hold"."""
+    match = re.fullmatch(r"(passed|failed|error|timeout|pending)\.(\d{1,6})\.(\d{1,6})", was)
+    if not match or evidence["duration_ms"] is None:
+        return None
+    status, passed, total = match[1], int(match[2]), int(match[3])
+    now = ev.counts(evidence)
+    took = f"re-ran in {evidence['duration_ms'] / 1000:.1f} s"
+    held = f"{now['checks_passed']} of {now['checks']} check{'s' if now['checks'] != 1 else ''}"
+    hold = "holds" if now["checks"] == 1 else "hold"
+    if (status, passed, total) == (evidence["status"], now["checks_passed"], now["checks"]):
+        return f"{took}: {held} still {hold}" if evidence["status"] == "passed" else f"{took}: no change, {held} {hold}"
+    change = f"{took}: now {held} {hold} (before: {passed} of {total})"
+    return change + (f"; {status} → {evidence['status']}" if status != evidence["status"] else "")
 
 
 @pages.post("/answers/<slug>/run")
 def run(slug):
     allow_run(slug, api=False)
     found = answer_or_404(slug)
+    before = _was(library().evidence(found))
     run_or_reuse(found)
-    return redirect(url_for("pages.answer", slug=found.slug, _anchor="evidence"), code=303)
+    return redirect(url_for("pages.answer", slug=found.slug, was=before, _anchor="evidence"), code=303)
 
 
 @pages.get("/search")
@@ -74,12 +187,18 @@ def search():
 
 @pages.get("/tags/<tag>")
 def tag(tag):
-    chosen = [a for a in sorted(snapshot().answers.values(), key=lambda a: a.title) if tag in a.tags]
+    chosen = [a for a in snapshot().answers.values() if tag in a.tags]
     if not chosen:
         abort(404, f"No answer is tagged '{tag}'.")
-    statuses = library().statuses(chosen)
-    entries = [(a, statuses[a.slug]) for a in chosen]
-    return render_template("tag.html", tag=tag, entries=entries, alternate=url_for("api.answers", tag=tag))
+    return render_template("tag.html", tag=tag, entries=_entries(chosen), alternate=url_for("api.answers", tag=tag))
+
+
+@pages.get("/api/docs")
+def api_docs():
+    """The OpenAPI document as a page for people: every path, its parameters and responses."""
+    document = spec()
+    return render_template("api.html", spec=document, schemas=document["components"]["schemas"],
+                           alternate=url_for("api.openapi"))
 
 
 @pages.get("/pygments.css")

@@ -162,7 +162,9 @@ def test_openapi_is_valid_and_lists_every_route(client, small_app):
 
 def test_nan_and_infinity_become_null():
     record = {"slug": "x", "status": "passed", "ran_at": None, "duration_ms": float("nan"),
-              "environment": {}, "snippets": [{"duration_ms": float("inf"), "figures": [], "checks": []}]}
+              "environment": {}, "snippets": [{"index": 0, "line": 5, "code": "x = 1", "status": "passed", "stdout": "",
+                                                "stderr": "", "truncated": False, "duration_ms": float("inf"),
+                                                "error": None, "figures": [], "checks": []}]}
     out = ev.public(record, lambda slug, name: name)
     assert out["duration_ms"] is None and out["snippets"][0]["duration_ms"] is None
     json.dumps(out, allow_nan=False)

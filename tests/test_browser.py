@@ -2,6 +2,9 @@
 
 A learner's path: open the index, search for a question, open the answer, see its checks hold
 and its figure drawn, press "Run again", see fresh evidence; no console errors, no CSP violations.
+Then what a designer checks at 1280 and 390 px: nothing clipped, nothing scrolls the page
+sideways, primes drawn at a legible size in the served math font. Screenshots go to
+test-artifacts/ (after-*.png; before-*.png were taken on the branch before issue 11).
 """
 import os
 import re
@@ -92,11 +95,19 @@ def test_learner_searches_opens_the_answer_and_runs_it_again(page, base_url):
 
     before = page.locator(".meta time").get_attribute("datetime")
     page.wait_for_timeout(1100)  # ran_at has one-second resolution
+    # What the button says once the form is submitting (window's listener runs after page.js's on
+    # document), kept in sessionStorage across the navigation the POST starts.
+    page.evaluate("""() => window.addEventListener('submit', () => { const b = document.querySelector('form.run button');
+        sessionStorage.setItem('busy', JSON.stringify([b.textContent, b.disabled])); })""")
     page.click("form.run button")
-    expect(page).to_have_url(re.compile(r"/answers/gradient-averaging#evidence$"))
+    expect(page).to_have_url(re.compile(r"/answers/gradient-averaging\?was=passed\.\d+\.\d+#evidence$"))
     after = page.locator(".meta time").get_attribute("datetime")
     assert after > before, "fresh evidence after Run again"
     expect(page.locator(".meta .badge")).to_have_text("passed")
+    assert page.evaluate("JSON.parse(sessionStorage.getItem('busy'))") == ["Running…", True], "busy while running"
+    expect(page.locator(".announce")).to_have_text(re.compile(r"re-ran in \d+\.\d s: (\d+) of \1 checks still hold"))
+    title = page.locator("article h1").bounding_box()
+    assert 0 <= title["y"] and title["y"] + title["height"] <= 900, "the title stays in view"
     assert page.problems == []
 
 
@@ -106,7 +117,7 @@ def test_every_answer_page_is_clean_on_a_phone(browser, base_url):
     problems = []
     page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
     page.goto(base_url + "/")
-    links = page.locator("ul.answers a.question")
+    links = page.locator("ul.entries a.question")
     slugs = [href.rsplit("/", 1)[1] for href in links.evaluate_all("els => els.map(e => e.getAttribute('href'))")]
     assert len(slugs) >= 3
     for slug in slugs:
@@ -131,8 +142,8 @@ def test_static_export_works_opened_from_disk(browser, tmp_path, real_db):
     page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
     page.on("pageerror", lambda e: problems.append(str(e)))
     page.goto((site / "index.html").as_uri())
-    page.fill("header.site input[name=q]", "softmax overflow with big logits")
-    page.click("header.site button")
+    page.fill("form.search.big input[name=q]", "softmax overflow with big logits")
+    page.click("form.search.big button")
     first = page.locator("#search-results a.question").first
     expect(first).to_have_text(re.compile("softmax", re.I))
     first.click()
@@ -144,3 +155,83 @@ def test_static_export_works_opened_from_disk(browser, tmp_path, real_db):
     assert page.locator("form.run").count() == 0
     page.close()
     assert problems == []
+
+
+SIDEWAYS = """() => { const found = { clipped: [], bare: [], scrollers: 0 };
+  for (const el of document.querySelectorAll('body *')) {
+    if (el.clientWidth === 0 || el.scrollWidth <= el.clientWidth + 1) continue;
+    const s = getComputedStyle(el), name = el.tagName.toLowerCase() + '.' + el.className;
+    if (s.overflowX === 'hidden' || s.overflowX === 'clip') found.clipped.push(name);
+    else if (s.overflowX === 'auto' || s.overflowX === 'scroll') {
+      if (s.backgroundImage.includes('gradient')) found.scrollers += 1; else found.bare.push(name);
+    }
+  }
+  found.page = document.scrollingElement.scrollWidth - innerWidth;
+  return found; }"""
+
+
+@pytest.mark.parametrize("width, height", [(1280, 900), (390, 844)])
+def test_nothing_is_clipped_and_the_page_never_scrolls_sideways(browser, base_url, width, height):
+    """Wide code and display math scroll inside boxes that show they do (a shadow on the side that
+    hides more); nothing is cut off, and no page is wider than the screen."""
+    context = browser.new_context(viewport={"width": width, "height": height}, is_mobile=width < 500)
+    page = context.new_page()
+    page.goto(base_url + "/")
+    slugs = [href.rsplit("/", 1)[1] for href in
+             page.locator("a.question").evaluate_all("els => els.map(e => e.getAttribute('href'))")]
+    assert len(slugs) >= 20
+    assert page.locator("section.topic h2").count() >= 3, "the home page groups questions by topic"
+    assert page.locator("input[type=search]").count() == 1, "one search box"
+    box = page.locator("input[type=search]").bounding_box()
+    assert box["width"] >= 200 and box["x"] + box["width"] <= width, "the search box fits, placeholder and all"
+    badges = page.locator("ul.entries li .badge")
+    assert badges.count() == len(slugs) and badges.first.bounding_box()["x"] + badges.first.bounding_box()["width"] <= width
+    scrollers = 0
+    for path in ["/", "/api/docs", "/topics/shallow-networks", *(f"/answers/{slug}" for slug in slugs)]:
+        page.goto(base_url + path)
+        found = page.evaluate(SIDEWAYS)
+        assert found["page"] <= 0, f"{path} scrolls sideways by {found['page']}px at {width}px"
+        assert found["clipped"] == [], f"{path}: clipped at {width}px: {found['clipped']}"
+        assert found["bare"] == [], f"{path}: scrolls without a visible cue at {width}px: {found['bare']}"
+        scrollers += found["scrollers"]
+        for image in page.locator("figure img").all():
+            assert int(image.get_attribute("width")) > 0 and int(image.get_attribute("height")) > 0, path
+    if width < 500:
+        assert scrollers > 10, "wide code does meet a phone: the check above is not vacuous"
+    else:  # on a desktop, code may be wider than the prose
+        page.goto(base_url + "/answers/relu-vs-sigmoid")
+        code, prose = (page.locator(sel).first.bounding_box()["width"] for sel in (".snippet", ".body > p"))
+        assert code > prose * 1.2
+    context.close()
+
+
+def test_primes_are_drawn_at_a_legible_size_in_the_served_math_font(browser, base_url):
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(base_url + "/answers/relu-vs-sigmoid")
+    page.evaluate("document.fonts.ready")
+    assert page.evaluate("""() => [...document.fonts].some(f => f.family.includes('Noto Sans Math') && f.status === 'loaded')""")
+    primes = page.evaluate("""() => [...document.querySelectorAll('math mo')].filter(m => m.textContent === '′').map(m => {
+        const box = m.getBoundingClientRect(), base = m.previousElementSibling;
+        return {width: box.width, height: box.height, size: parseFloat(getComputedStyle(m).fontSize),
+                base: parseFloat(getComputedStyle(base).fontSize)}; })""")
+    assert len(primes) >= 3
+    for prime in primes:  # a superscript prime was 0.6 of the letter's size: 2.5 x 3 px at 17.6 px
+        assert prime["size"] == prime["base"], "the prime is not shrunk to a script size"
+        assert prime["width"] >= 0.2 * prime["base"] and prime["height"] >= 0.25 * prime["base"], prime
+    page.close()
+
+
+def test_after_screenshots_of_an_answer_and_the_home_page(browser, base_url):
+    ARTIFACTS.mkdir(exist_ok=True)
+    for width, height in ((1280, 900), (390, 844)):
+        context = browser.new_context(viewport={"width": width, "height": height}, is_mobile=width < 500)
+        page = context.new_page()
+        for name, path in (("answer", "/answers/relu-vs-sigmoid"), ("home", "/")):
+            page.goto(base_url + path)
+            page.evaluate("document.fonts.ready")
+            for image in page.locator("figure img").all():
+                image.scroll_into_view_if_needed()
+                page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+            expect(page.locator("main h1")).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / f"after-{name}-{width}.png"), full_page=True)
+        context.close()

@@ -13,20 +13,22 @@ def test_index_lists_questions_with_summary_tags_status_and_search(client):
     for title in ["Why is the slope of the sigmoid at most 1/4?", "Why do we average the gradient over the m examples?"]:
         assert title in html
     assert 'class="badge passed"' in html and 'class="badge failed"' in html
+    assert html.count('role="search"') == 1, "one search box on the home page"
     assert '<form class="search big" action="/search"' in html
     assert 'href="/tags/activation-functions"' in html
     assert '<link rel="alternate" type="application/json" href="/api/answers">' in html
-    assert "<math" in html, "summaries render their math"
+    assert "<math" in client.get("/tags/calculus").get_data(as_text=True), "summaries render their math"
 
 
 def test_answer_page_shows_each_snippet_with_its_evidence(client):
     response = client.get("/answers/sigmoid-slope")
     html = response.get_data(as_text=True)
     assert response.status_code == 200
-    assert 'data-status="passed"' in html and "1/1 checks hold" in html
+    assert 'data-status="passed"' in html and "1 of 1 check holds" in html
     assert "✓" in html and "σ&#39;(z) never exceeds 1/4" in html.replace("'", "&#39;")
     assert "max: 0.25" in html, "the snippet's printed output is shown"
     [src] = re.findall(r'<img src="([^"]+)"', html)
+    assert re.search(r'<img [^>]*width="\d+" height="\d+"', html), "the figure's size is reserved"
     assert src.startswith("/api/answers/sigmoid-slope/figures/0-0.svg")
     assert client.get(src).mimetype == "image/svg+xml"
     assert 'alt="The sigmoid&#39;s derivative peaks at 1/4"' in html
@@ -39,7 +41,8 @@ def test_answer_page_shows_each_snippet_with_its_evidence(client):
 def test_failed_evidence_is_shown_plainly(client):
     html = client.get("/answers/wrong-claim").get_data(as_text=True)
     assert 'class="badge failed"' in html and "✗" in html and "the slope exceeds 1/2" in html
-    assert "0/1 checks hold" in html
+    assert "0 of 1 check holds, 1 fails" in html
+    assert re.search(r'<span class="condition">false at line \d+: <code>0.25 &gt; 0.5</code></span>', html)
 
 
 def test_run_again_is_a_plain_form_post_that_comes_back_with_fresh_evidence(small_app, client):
@@ -47,9 +50,13 @@ def test_run_again_is_a_plain_form_post_that_comes_back_with_fresh_evidence(smal
     before = library.stamp(library.answers["averaging"])  # when the evidence was stored, in ns
     response = client.post("/answers/averaging/run", headers={"Sec-Fetch-Site": "same-origin"})
     assert response.status_code == 303
-    assert response.headers["Location"].endswith("/answers/averaging#evidence")
+    location = response.headers["Location"]
+    assert location.startswith("/answers/averaging?was=passed.1.1") and location.endswith("#evidence")
+    assert re.match(r'<header id="evidence">\s*<h1>', client.get("/answers/averaging").get_data(as_text=True)
+                    .split('<article class="answer">')[1].strip()), "the anchor keeps the title in view"
+    page = client.get(location.split("#")[0]).get_data(as_text=True)
+    assert re.search(r'<p class="announce" role="status">re-ran in \d+\.\d s: 1 of 1 check still holds', page)
     assert library.stamp(library.answers["averaging"]) > before, "the run stored fresh evidence"
-    assert 'data-status="passed"' in client.get("/answers/averaging").get_data(as_text=True)
 
 
 def test_search_and_tag_pages(client):
@@ -128,7 +135,9 @@ def test_raw_html_and_script_in_answers_are_neutralised(tmp_path):
         html = app.test_client().get(path).get_data(as_text=True)
         tags = Tags()
         tags.feed(html)
-        assert not {"script", "iframe", "b"} & {name for name, _ in tags.seen}, path
+        assert not {"iframe", "b"} & {name for name, _ in tags.seen}, path
+        assert [dict(attrs) for name, attrs in tags.seen if name == "script"] == [
+            {"src": "/static/page.js", "defer": None}], "only the site's own script"
         for name, attrs in tags.seen:
             assert not any(key.startswith("on") for key, _ in attrs), (name, attrs)
             assert not any((value or "").lower().startswith("javascript:") for _, value in attrs), (name, attrs)
@@ -152,3 +161,136 @@ def test_edited_code_is_rerun_in_the_background_and_prose_edits_are_not(small_ap
     library._background.submit(lambda: None).result(timeout=30)
     fresh = client.get("/api/answers/averaging/evidence").get_json()
     assert fresh["status"] == "passed" and "* 1.0" in fresh["snippets"][0]["code"]
+
+
+def topic_answers(folder):
+    """Answers in two topics, one without a topic, one that stops at an error, one whose body
+    opens with a "Short answer" section repeating its summary."""
+    folder.mkdir()
+    (folder / "first.md").write_text(answer_text(
+        title="What is a shallow network?", summary="One hidden layer.", extra="topic: shallow-networks\n",
+        snippets=['check("one is one", 1 == 1, 1)']))
+    (folder / "stops.md").write_text(answer_text(
+        title="What happens when a snippet raises?", summary="The answer stops there.", extra="topic: deep-networks\n",
+        snippets=['check("before", True, 1)\ncheck(\n    "spans lines",\n    1 + 1\n    == 3,\n    2,\n)\n'
+                  'raise ValueError("boom")\ncheck("after", True)',
+                  'check("later", True)\ncheck("later again", True)']))
+    (folder / "loose.md").write_text(answer_text(title="Where does this belong?", summary="Nowhere yet.",
+                                                 snippets=['check("fine", True)']))
+    (folder / "repeats.md").write_text(answer_text(
+        title="Does the summary repeat?", summary="Only once on the page, $g'(z)$.", extra="topic: shallow-networks\n",
+        prose="## Short answer\n\nOnly once on the page,\n$g'(z)$.\n\n## More\n\nText.", snippets=['check("ok", True)']))
+    return folder
+
+
+def test_home_groups_one_line_entries_by_topic_in_course_order(tmp_path):
+    app = create_app({"KB_ANSWERS": str(topic_answers(tmp_path / "answers")), "KB_DB": str(tmp_path / "db")})
+    client = app.test_client()
+    html = client.get("/").get_data(as_text=True)
+    shallow, deep, other = (html.index(f'id="{key}"') for key in ("shallow-networks", "deep-networks", "other"))
+    assert shallow < deep < other, "topics in the course's order, answers without one last"
+    assert 'id="neural-network-basics"' not in html, "empty topics are not listed"
+    assert '<a href="/topics/shallow-networks">Shallow neural networks' in html and "Course 1, week 3" in html
+    section = html[shallow:deep]
+    assert section.index("Does the summary repeat?") < section.index("What is a shallow network?")
+    assert "One hidden layer." not in html, "one-line entries: titles and badges, no summaries"
+    assert 'class="badge passed"' in section and 'class="badge error"' in html[deep:other]
+    assert html.count('role="search"') == 1
+
+    page = client.get("/topics/shallow-networks").get_data(as_text=True)
+    assert "<h1>Shallow neural networks" in page and "One hidden layer." in page and "Where does this" not in page
+    assert '<link rel="alternate" type="application/json" href="/api/answers?topic=shallow-networks">' in page
+    assert 'rel="next" href="/topics/deep-networks"' in page
+    listing = client.get("/api/answers?topic=shallow-networks").get_json()["answers"]
+    assert {a["slug"] for a in listing} == {"first", "repeats"} and {a["topic"] for a in listing} == {"shallow-networks"}
+    assert client.get("/api/answers/loose").get_json()["topic"] is None
+    assert "No answer in this topic yet" in client.get("/topics/sequence-models").get_data(as_text=True)
+    assert client.get("/topics/nope").status_code == 404
+    assert client.get("/topics/Shallow-Networks").headers["Location"] == "/topics/shallow-networks"
+    assert 'href="/topics/shallow-networks">Course 1, week 3' in client.get("/answers/first").get_data(as_text=True)
+    app.extensions["kb"].close()
+
+
+def test_counts_say_how_far_a_stopped_answer_got_with_the_failing_line(tmp_path):
+    app = create_app({"KB_ANSWERS": str(topic_answers(tmp_path / "answers")), "KB_DB": str(tmp_path / "db")})
+    client = app.test_client()
+    html = client.get("/answers/stops").get_data(as_text=True)
+    assert "ran 1 of 2 snippets; 1 of 2 checks so far hold, 3 not reached" in html
+    assert re.search(r'false at line \d+: <code>1 \+ 1 == 3</code>', html), "the whole condition, on one line"
+    assert html.count('class="evidence skipped"') == 1, "the skipped snippet is marked, not green"
+    counts = client.get("/api/answers/stops/evidence").get_json()["counts"]
+    assert counts == {"snippets": 2, "snippets_ran": 1, "checks": 2, "checks_passed": 1, "checks_not_reached": 3,
+                      "summary": "ran 1 of 2 snippets; 1 of 2 checks so far hold, 3 not reached"}
+    app.extensions["kb"].close()
+
+
+def test_the_lead_is_not_repeated_by_a_short_answer_section(tmp_path):
+    app = create_app({"KB_ANSWERS": str(topic_answers(tmp_path / "answers")), "KB_DB": str(tmp_path / "db")})
+    client = app.test_client()
+    repeated = client.get("/answers/repeats").get_data(as_text=True)
+    assert 'class="lead"' not in repeated and repeated.count("Only once on the page") == 1
+    assert '<p class="lead">One hidden layer.</p>' in client.get("/answers/first").get_data(as_text=True)
+    app.extensions["kb"].close()
+
+
+def test_pending_page_refreshes_itself_only_while_evidence_is_on_its_way(tmp_path):
+    app = create_app({"KB_ANSWERS": str(write_small_answers(tmp_path / "answers")), "KB_DB": str(tmp_path / "db"),
+                      "KB_RUN_MISSING": False})
+    client = app.test_client()
+    idle = client.get("/answers/averaging").get_data(as_text=True)
+    assert 'http-equiv="refresh"' not in idle and "press “Run again”" in idle, "nothing runs it: no refresh"
+    assert 'class="badge pending"' in idle and "not run yet: 1 snippet, 1 check waiting" in idle
+    app.config["KB_RUN_MISSING"] = "background"  # as while start-up runs the missing evidence
+    waiting = client.get("/answers/sigmoid-slope").get_data(as_text=True)
+    assert '<meta http-equiv="refresh" content="3">' in waiting and "refreshes itself" in waiting
+    client.post("/answers/sigmoid-slope/run", headers={"Sec-Fetch-Site": "same-origin"})
+    assert 'http-equiv="refresh"' not in client.get("/answers/sigmoid-slope").get_data(as_text=True)
+    app.extensions["kb"].close()
+
+
+def test_busy_run_gets_a_429_page_that_links_back(tmp_path):
+    app = create_app({"KB_ANSWERS": str(write_small_answers(tmp_path / "answers")), "KB_DB": str(tmp_path / "db"),
+                      "KB_MAX_RUNS": 0, "KB_RUN_COOLDOWN": 0})  # no slot, and no recent run to return
+    response = app.test_client().post("/answers/averaging/run", headers={"Sec-Fetch-Site": "same-origin"})
+    assert response.status_code == 429 and response.headers["Retry-After"]
+    assert '<a class="back" href="/answers/averaging">Back to the answer</a>' in response.get_data(as_text=True)
+    app.extensions["kb"].close()
+
+
+def test_redirects_for_case_and_trailing_slash_and_the_favicon(client):
+    for path, target in [("/answers/Sigmoid-Slope", "/answers/sigmoid-slope"),
+                         ("/answers/sigmoid-slope/", "/answers/sigmoid-slope"),
+                         ("/tags/calculus/?x=1", "/tags/calculus?x=1"),
+                         ("/answers//", "/answers"),
+                         ("/favicon.ico", "/static/favicon.svg")]:
+        response = client.get(path)
+        assert (response.status_code, response.headers["Location"]) == (301, target), path
+    response = client.get("/", environ_overrides={"PATH_INFO": "//evil.example/"})
+    assert response.headers["Location"] == "/evil.example", "never an off-site (scheme-relative) Location"
+    with client.get("/static/favicon.svg") as icon:  # a static file's response holds the file open
+        assert icon.mimetype == "image/svg+xml"
+    assert client.get("/answers/UPPER").status_code == 404
+    assert client.get("/api/answers/").status_code == 404, "API URLs are exact"
+
+
+def test_api_page_for_people_is_made_from_the_openapi_document(client):
+    from service.openapi import spec
+
+    response = client.get("/api/docs")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    for path, methods in spec()["paths"].items():
+        for method in methods:
+            assert f'<span class="method">{method.upper()}</span> {path}</code>' in html
+    assert 'id="schema-Evidence"' in html and '<a href="#schema-Counts">Counts</a>' in html
+    assert '<link rel="alternate" type="application/json" href="/api/openapi.json">' in html
+    assert 'href="/api/docs">JSON API</a>' in client.get("/").get_data(as_text=True)
+
+
+def test_the_announcement_after_a_run_says_what_changed(client):
+    page = client.get("/answers/averaging?was=failed.0.1").get_data(as_text=True)
+    assert re.search(r"re-ran in \d+\.\d s: now 1 of 1 check holds \(before: 0 of 1\); failed → passed", page)
+    page = client.get("/answers/wrong-claim?was=failed.0.1").get_data(as_text=True)
+    assert re.search(r"re-ran in \d+\.\d s: no change, 0 of 1 check holds", page)
+    for junk in ["", "passed", "passed.1", "<script>.1.1", "passed.1.1.1"]:
+        assert 'class="announce"' not in client.get(f"/answers/averaging?was={junk}").get_data(as_text=True)

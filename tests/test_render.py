@@ -296,3 +296,70 @@ def test_every_formula_in_the_answers_converts(path):
     assert not TOKEN.search(out)
     assert [v for k, v in rendered.parts if k == "snippet"] == [s.index for s in answer.snippets]
     assert_inert(out)
+
+
+# --- golden MathML: how the formulas learners read most are set ---------------------------------
+
+def math_body(latex: str, display: str = "inline") -> str:
+    """The MathML inside <math>…</math> (and the display wrapper) for one formula."""
+    from kb.render import _mathml
+
+    html = _mathml(latex, display)
+    return re.sub(r'^(<span class="math-display">)?<math [^>]*>|</math>(</span>)?$', "", html)
+
+
+@pytest.mark.parametrize("latex, mathml", [
+    # a prime is an operator at full size after its base, not a shrunken superscript identifier
+    ("g'(z)", '<mrow><mrow><mi>g</mi><mo lspace="0" rspace="0">′</mo></mrow><mo stretchy="false">(</mo>'
+              '<mi>z</mi><mo stretchy="false">)</mo></mrow>'),
+    ("\\sigma'(z)", '<mrow><mrow><mi>σ</mi><mo lspace="0" rspace="0">′</mo></mrow><mo stretchy="false">(</mo>'
+                    '<mi>z</mi><mo stretchy="false">)</mo></mrow>'),
+    ("\\tanh'", '<mrow><mrow><mi>tanh</mi><mo lspace="0" rspace="0">′</mo></mrow></mrow>'),
+    ("J''", '<mrow><mrow><mi>J</mi><mo lspace="0" rspace="0">″</mo></mrow></mrow>'),
+    # function names get TeX's thin space on each side, none before a bracket
+    ("-y\\log a", '<mrow><mo>−</mo><mi>y</mi><mspace width="0.1667em" /><mi>log</mi>'
+                  '<mspace width="0.1667em" /><mi>a</mi></mrow>'),
+    ("\\log(1-a)", '<mrow><mi>log</mi><mo stretchy="false">(</mo><mn>1</mn><mo>−</mo><mi>a</mi>'
+                   '<mo stretchy="false">)</mo></mrow>'),
+    ("e^{x}\\exp x", '<mrow><msup><mi>e</mi><mrow><mi>x</mi></mrow></msup><mspace width="0.1667em" />'
+                     '<mi>exp</mi><mspace width="0.1667em" /><mi>x</mi></mrow>'),
+    ("g(z) = \\max(0, z)", '<mrow><mi>g</mi><mo stretchy="false">(</mo><mi>z</mi><mo stretchy="false">)</mo><mo>=</mo>'
+                           '<mi>max</mi><mo stretchy="false">(</mo><mn>0</mn><mo>,</mo><mi>z</mi><mo stretchy="false">)</mo></mrow>'),
+    ("\\frac{1}{m}", '<mrow><mfrac><mrow><mn>1</mn></mrow><mrow><mi>m</mi></mrow></mfrac></mrow>'),
+    ("\\sum_{i=1}^{m} x_i", '<mrow><msubsup><mo>∑</mo><mrow><mi>i</mi><mo>=</mo><mn>1</mn></mrow><mrow><mi>m</mi>'
+                            '</mrow></msubsup><msub><mi>x</mi><mi>i</mi></msub></mrow>'),
+    ("\\hat{y}", '<mrow><mover accent="true"><mrow><mi>y</mi></mrow><mo stretchy="false">ˆ</mo></mover></mrow>'),
+])
+def test_golden_inline_mathml(latex, mathml):
+    assert math_body(latex) == mathml
+
+
+def test_display_sum_has_its_limits_above_and_below_and_scrolls_in_its_own_box():
+    from kb.render import _mathml
+
+    html = _mathml("J = \\frac{1}{m}\\sum_{i=1}^{m} L(a^{(i)}, y^{(i)})", "block")
+    assert html.startswith('<span class="math-display"><math xmlns="http://www.w3.org/1998/Math/MathML" display="block">')
+    assert ('<munderover><mo>∑</mo><mrow><mi>i</mi><mo>=</mo><mn>1</mn></mrow><mrow><mi>m</mi></mrow></munderover>'
+            in html)
+    assert '<mfrac><mrow><mn>1</mn></mrow><mrow><mi>m</mi></mrow></mfrac>' in html
+
+
+def test_no_prime_is_left_as_a_superscript_identifier_in_the_answers():
+    """Every prime in the knowledge base is set as an operator (the ~35 g', σ', tanh', J')."""
+    primes = 0
+    for path in sorted((ROOT / "answers").glob("*.md")):
+        for kind, html in render_answer(parse_answer(path)).parts:
+            if kind == "html":
+                assert not re.search(r"<mi>[′″‴]</mi>", html), path.name
+                primes += html.count(">′</mo>") + html.count(">″</mo>")
+    assert primes >= 20
+
+
+def test_figure_size_from_the_svg():
+    from kb.render import figure_size
+
+    assert figure_size('<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="460.8pt" '
+                       'height="345.6pt" viewBox="0 0 460.8 345.6">') == (614, 461)
+    assert figure_size('<svg viewBox="0 0 300 150" xmlns="http://www.w3.org/2000/svg">') == (300, 150)
+    assert figure_size('<svg width="120" height="80">') == (120, 80)
+    assert figure_size("not an svg") is None

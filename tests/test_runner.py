@@ -96,7 +96,7 @@ def test_json_evidence_matches_the_contract(answers_dir, tmp_path):
         'check("a figure is open", len(plt.get_fignums()) == 1, len(plt.get_fignums()))']))
     proc, evidence = check_json(answers_dir, cwd=tmp_path)
     record = evidence["plot"]
-    assert set(record) == {"slug", "status", "ran_at", "duration_ms", "environment", "snippets"}
+    assert set(record) == {"slug", "status", "ran_at", "duration_ms", "environment", "snippets", "counts"}
     assert set(record["environment"]) == {"python", "numpy"}
     snippet = record["snippets"][0]
     assert {"index", "line", "code", "status", "stdout", "truncated", "duration_ms", "error", "figures",
