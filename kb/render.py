@@ -66,6 +66,7 @@ def render_answer(answer) -> Rendered:
     """Render `answer.body`; each ```python fence becomes a `Slot`."""
     doc = _Doc()
     body, toc = doc.render(answer.body, snippets=True)
+    body = fold_deep_dives(body)
     pieces = re.split("<p>" + doc.token("s", r"(\d+)") + "</p>", body)
     parts: list[Part] = []
     for i, piece in enumerate(pieces):
@@ -74,6 +75,31 @@ def render_answer(answer) -> Rendered:
         elif piece.strip():
             parts.append(Html("html", piece.strip()))
     return Rendered(tuple(parts), toc)
+
+
+_H2_RE = re.compile(r"<h2[ >].*?</h2>", re.S)
+DEEP_DIVE = "Deep dive"  # a section whose heading starts so is optional reading: shown folded
+
+
+def fold_deep_dives(body: str) -> str:
+    """Fold each "## Deep dive …" section (up to the next h2) into a closed <details>.
+
+    Long answers keep the short path first and put secondary material in such sections at the
+    end; the learner opens them on demand. The heading stays an h2 with its id, so the contents
+    and permalinks still reach it (browsers open a <details> to show a fragment inside it).
+    """
+    out, position, folded = [], 0, False
+    for heading in _H2_RE.finditer(body):
+        out.append(body[position:heading.start()])
+        if folded:
+            out.append("</details>\n")
+        folded = re.sub(r"<[^>]+>", "", heading[0]).startswith(DEEP_DIVE)
+        out.append(f'<details class="deep-dive"><summary>{heading[0]}</summary>' if folded else heading[0])
+        position = heading.end()
+    out.append(body[position:])
+    if folded:
+        out.append("\n</details>")
+    return "".join(out)
 
 
 def render_markdown(text: str) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import answer_text
 from kb.answer import parse_answer
 from kb.render import (Rendered, highlight_python, pygments_css, render_answer, render_inline,
                        render_markdown)
@@ -363,3 +364,15 @@ def test_figure_size_from_the_svg():
     assert figure_size('<svg viewBox="0 0 300 150" xmlns="http://www.w3.org/2000/svg">') == (300, 150)
     assert figure_size('<svg width="120" height="80">') == (120, 80)
     assert figure_size("not an svg") is None
+
+
+def test_deep_dive_sections_are_folded_up_to_the_next_section():
+    answer = parse_answer(Path("answers") / "deep.md", answer_text(prose=(
+        "## Why\n\nThe short path.\n\n## Deep dive (optional): the long way\n\nMore.\n\n"
+        "```python\nx = 1\n```\n\nAfter the code.\n\n## Sources\n\nA book.")))
+    parts = render_answer(answer).parts
+    html = "".join(value if kind == "html" else f"[slot {value}]" for kind, value in parts)
+    opened = html.index('<details class="deep-dive"><summary><h2 id="deep-dive-optional-the-long-way">')
+    assert html.index("The short path.") < opened < html.index("[slot 0]") < html.index("After the code.")
+    assert html.index("After the code.") < html.index("</details>") < html.index('<h2 id="sources">')
+    assert html.count("<details") == html.count("</details>") == 1
