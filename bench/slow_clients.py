@@ -20,12 +20,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PYTHON, ROOT, env, log, percentile, table  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers import SlowClients  # noqa: E402  (the same probe the deployment test uses)
 
 GET_TIMEOUT = 10.0
 PATHS = ["/answers/softmax", "/api/answers/relu-vs-sigmoid", "/api/search?q=softmax+overflow", "/"]
@@ -35,37 +37,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-class SlowClients(threading.Thread):
-    """`count` connections trickling request headers, reopened when the server drops them."""
-
-    def __init__(self, port: int, count: int):
-        super().__init__(daemon=True)
-        self.port, self.stop, self.reopened = port, threading.Event(), 0
-        self.sockets = [self._open() for _ in range(count)]
-
-    def _open(self):
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        return sock
-
-    def run(self):
-        n = 0
-        while not self.stop.wait(1.0):
-            n += 1
-            for i, sock in enumerate(self.sockets):
-                try:
-                    sock.sendall(b"X-Slow-%d: y\r\n" % n)
-                except OSError:
-                    sock.close()
-                    try:
-                        self.sockets[i] = self._open()
-                        self.reopened += 1
-                    except OSError:
-                        pass
-        for sock in self.sockets:
-            sock.close()
 
 
 def gets(port: int, seconds: float, paths: list[str]) -> dict:
@@ -183,7 +154,7 @@ def main() -> int:
     direct_p99, nginx_p99 = results["direct"]["slow"]["p99_ms"], results["nginx"]["slow"]["p99_ms"]
     ratio = direct_p99 / nginx_p99 if direct_p99 and nginx_p99 else None
     text = "\n".join([
-        f"# Slow clients: gunicorn alone vs behind nginx\n",
+        "# Slow clients: gunicorn alone vs behind nginx\n",
         f"{args.slow} connections send request headers one line a second (reopened when dropped) while one",
         f"client GETs pages, JSON and search back to back for {args.seconds:g} s (alone: {args.seconds / 3:g} s); a GET",
         f"unanswered after {GET_TIMEOUT:g} s counts as failed and is not in the percentiles. `bench/slow_clients.py`.\n",

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -75,3 +77,37 @@ def check_json(folder, *args, cwd):
     proc = run_cli("check", folder, "--json", "--db", Path(cwd) / "kb.sqlite3", *args, cwd=cwd)
     evidence = {e["slug"]: e for e in json.loads(proc.stdout)} if proc.stdout.strip() else {}
     return proc, evidence
+
+
+class SlowClients(threading.Thread):
+    """`count` connections that send a request's headers one short line a second and never
+    finish; one the server drops (nginx's client_header_timeout) is replaced at once, as a
+    slowloris does, so `count` are open throughout."""
+
+    def __init__(self, port: int, count: int, limit: float = float("inf")):
+        super().__init__(daemon=True)
+        self.port, self.stop, self.limit, self.reopened = port, threading.Event(), limit, 0
+        self.sockets = [self._open() for _ in range(count)]
+
+    def _open(self):
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        return sock
+
+    def run(self):
+        deadline = time.monotonic() + self.limit  # bounded, whatever happens to the GETs
+        n = 0
+        while not self.stop.wait(1.0) and time.monotonic() < deadline:
+            n += 1
+            for i, sock in enumerate(self.sockets):
+                try:
+                    sock.sendall(b"X-Slow-%d: y\r\n" % n)
+                except OSError:
+                    sock.close()
+                    try:
+                        self.sockets[i] = self._open()
+                        self.reopened += 1
+                    except OSError:  # the server is not accepting right now: try again next second
+                        pass
+        for sock in self.sockets:
+            sock.close()

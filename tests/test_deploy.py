@@ -19,13 +19,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, descendants, run_cli, settle
+from helpers import ROOT, SlowClients, descendants, run_cli, settle
 from service import create_app
 from service_fixtures import write_small_answers
 
@@ -133,37 +132,6 @@ def test_a_service_on_a_prebuilt_database_runs_nothing_at_start(deployed):
         status, _, body = deployed.request("GET", f"/api/answers/{slug}/evidence")
         served = json.loads(body)
         assert status == 200 and served["ran_at"] == built["ran_at"] and served["status"] == built["status"], slug
-
-
-class SlowClients(threading.Thread):
-    """`count` connections that send a request's headers one short line a second and never
-    finish; one the server drops (nginx's client_header_timeout) is replaced at once, as a
-    slowloris does, so `count` are open throughout."""
-
-    def __init__(self, port: int, count: int, limit: float):
-        super().__init__(daemon=True)
-        self.port, self.stop, self.limit, self.reopened = port, threading.Event(), limit, 0
-        self.sockets = [self._open() for _ in range(count)]
-
-    def _open(self):
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        return sock
-
-    def run(self):
-        deadline = time.monotonic() + self.limit  # bounded, whatever happens to the GETs
-        n = 0
-        while not self.stop.wait(1.0) and time.monotonic() < deadline:
-            n += 1
-            for i, sock in enumerate(self.sockets):
-                try:
-                    sock.sendall(b"X-Slow-%d: y\r\n" % n)
-                except OSError:
-                    sock.close()
-                    self.sockets[i] = self._open()
-                    self.reopened += 1
-        for sock in self.sockets:
-            sock.close()
 
 
 def test_slow_clients_do_not_stall_normal_gets(deployed):
