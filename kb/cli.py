@@ -57,8 +57,26 @@ def main(argv=None) -> int:
     build.add_argument("outdir", help="output directory: new, empty, or an earlier export (which is replaced)")
     build.add_argument("--answers", default=DEFAULT_ANSWERS, help=f"answers directory (default: {DEFAULT_ANSWERS})")
     build.add_argument("--db", default=DEFAULT_DB, help=f"SQLite evidence cache (default: {DEFAULT_DB})")
+    gaps = commands.add_parser("gaps", help="list what learners searched for without a confident answer, most asked first")
+    gaps.add_argument("--json", action="store_true", help="print the list as JSON")
+    gaps.add_argument("--db", default=DEFAULT_DB, help=f"SQLite store of the service (default: {DEFAULT_DB})")
+    gaps.add_argument("--limit", type=positive(int), default=None, help="show at most this many")
     args = parser.parse_args(argv)
-    return {"check": cmd_check, "new": cmd_new, "lint": cmd_lint, "build": cmd_build}[args.command](args)
+    return {"check": cmd_check, "new": cmd_new, "lint": cmd_lint, "build": cmd_build, "gaps": cmd_gaps}[args.command](args)
+
+
+def cmd_gaps(args) -> int:
+    from .gaps import Gaps
+
+    entries = Gaps(args.db).list(args.limit)
+    if args.json:
+        json.dump({"gaps": entries}, sys.stdout, indent=2, ensure_ascii=False)
+        print()
+        return 0
+    for entry in entries:
+        print(f"{entry['count']:>6}  {entry['last_seen']}  {entry['query']}")
+    print(f"{len(entries)} question(s) without a confident answer", file=sys.stderr)
+    return 0
 
 
 def cmd_new(args) -> int:
@@ -85,9 +103,11 @@ def cmd_lint(args) -> int:
 def cmd_build(args) -> int:
     from service.export import ExportError, build  # the service's pages, written as files
 
+    from .semantic import ModelFileError
+
     try:
         pages, errors = build(args.answers, args.db, args.outdir)
-    except ExportError as exc:
+    except (ExportError, ModelFileError) as exc:
         print(f"kb build: {exc}", file=sys.stderr)
         return 2
     for error in errors:

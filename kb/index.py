@@ -337,6 +337,26 @@ class SearchIndex:
         return [{"slug": slug, "title": title, "summary": summary, "score": score}
                 for slug, title, summary, score in rows]
 
+    def candidates(self, query, limit: int = 30) -> list[tuple[str, float]]:
+        """The lexical stage of `kb.lookup`: [(slug, score)] of the best BM25 matches, best first.
+
+        The same ranking as `search` without reading the answers' stored text.
+        """
+        expression = match_expression(query)
+        if expression is None or limit <= 0:
+            return []
+        weights = ", ".join(map(str, WEIGHTS))
+        question_weights = ", ".join(map(str, QUESTION_WEIGHTS))
+        sql = (f"SELECT f.slug, best.score FROM "
+               f"(SELECT rowid, -bm25(search_fts, {weights}) - {QUESTION_BOOST} * bm25(search_fts, {question_weights})"
+               f" AS score FROM search_fts WHERE search_fts MATCH ? ORDER BY score DESC LIMIT ?) AS best "
+               f"JOIN search_fts AS f ON f.rowid = best.rowid WHERE f.slug IS NOT NULL ORDER BY best.score DESC, f.slug")
+        try:
+            return self.connection().execute(sql, (expression, limit)).fetchall()
+        except sqlite3.Error:
+            log.exception("search failed for the FTS5 query %r", expression[:200])
+            return []
+
     def count(self) -> int:
         """The number of answers in the index."""
         try:

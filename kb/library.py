@@ -18,6 +18,8 @@ from . import evidence as ev
 from .answer import FormatError, load_answers, parse_answer
 from .checker import check_all, evidence_for
 from .index import SearchIndex
+from .lookup import Lookup
+from .semantic import shared_embedder
 from .render import Rendered, render_answer
 from .runner import Limits, Runner
 from .store import Store
@@ -27,10 +29,12 @@ log = logging.getLogger(__name__)
 
 class Library:
     def __init__(self, answers_dir, db_path, limits: Limits | None = None, watch_interval: float = 1.0,
-                 run_changed: bool = False):
+                 run_changed: bool = False, model_file=None):
         self.answers_dir = Path(answers_dir)
         self.store = Store(db_path)
         self.index = SearchIndex(db_path)
+        # Checks the model file against its pinned hash first: a bad file stops start-up here.
+        self.lookup = Lookup(self.index, db_path, shared_embedder(model_file))
         self.limits = limits or Limits()
         self.watch_interval = watch_interval
         self.answers, self.errors = {}, []
@@ -107,7 +111,7 @@ class Library:
             if snapshot == self._snapshot and not force:
                 return False
             answers, errors = load_answers([self.answers_dir], parse=self._parse_remembered(snapshot))
-            self.index.rebuild(answers.values())
+            self.lookup.rebuild(answers.values())
             self.answers, self.errors, self._snapshot = answers, errors, snapshot
             self._rendered = {}
             self.generation += 1

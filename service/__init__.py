@@ -3,7 +3,8 @@
 `create_app(config)` follows Flask's app-factory habit. Configuration (keys or environment):
 KB_ANSWERS (answers directory), KB_DB (SQLite file), KB_TIMEOUT (seconds per answer run),
 KB_MEMORY_MB and KB_OUTPUT_KIB (the runner's other limits),
-KB_MAX_RUNS (re-runs at once per process), KB_RUN_MISSING (run uncached answers at start-up).
+KB_MAX_RUNS (re-runs at once per process), KB_RUN_MISSING (run uncached answers at start-up),
+KB_MODEL_FILE (the embedding model file; it must match the pinned SHA-256, see kb.semantic).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import threading
 
 from flask import Flask, request
 
+from kb.gaps import Gaps
 from kb.library import Library
 from kb.runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits
 
@@ -28,6 +30,7 @@ DEFAULTS = {
     "KB_MAX_RUNS": 2,
     "KB_RUN_MISSING": True,
     "KB_STATIC": False,
+    "KB_MODEL_FILE": "",  # the embedding model; default: the pinned package's file (kb.semantic)
 }
 
 CONDITIONAL = {"HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE"}  # what can turn a 200 into a 304
@@ -46,10 +49,12 @@ def create_app(config: dict | None = None) -> Flask:
 
     limits = Limits.of(app.config["KB_TIMEOUT"], app.config["KB_MEMORY_MB"], app.config["KB_OUTPUT_KIB"])
     library = Library(app.config["KB_ANSWERS"], app.config["KB_DB"], limits,
-                      run_changed=app.config["KB_RUN_MISSING"] and not app.config["KB_STATIC"])
+                      run_changed=app.config["KB_RUN_MISSING"] and not app.config["KB_STATIC"],
+                      model_file=app.config["KB_MODEL_FILE"] or None)
     if app.config["KB_RUN_MISSING"]:
         library.run_missing()
     app.extensions["kb"] = library
+    app.extensions["kb_gaps"] = Gaps(app.config["KB_DB"])
     app.extensions["kb_runs"] = threading.BoundedSemaphore(int(app.config["KB_MAX_RUNS"]))
 
     app.register_blueprint(pages)

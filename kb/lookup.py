@@ -1,0 +1,199 @@
+"""Lookup: the answers (and the section of each) that best answer a learner's question.
+
+Two stages. The lexical stage (`kb.index.SearchIndex.candidates`, FTS5 BM25) finds answers that
+share the question's rarer words; the semantic stage compares the question's embedding
+(`kb.semantic`) with an embedding of every answer's title, each alias, its summary and each
+section of its body, so a question worded without the answer's vocabulary still finds it.
+
+Each answer gets a few features (best similarity to one of its questions, to its summary, to one
+of its sections, how far it is behind the best answer, and its BM25 score relative to the best
+BM25 score of the query); a logistic model over them gives the score, which is therefore a
+calibrated probability, in [0, 1], that the answer is the right one. The weights and the
+`CONFIDENT` threshold were fitted on the dev split of `tests/lookup_eval/` with
+`bench/lookup_fit.py` (never on the test split); see the README's search section.
+
+A result names the section that matched best, so a link goes straight to it
+(`/answers/<slug>#<anchor>`); the anchor is the id `kb.render` gives that heading.
+"""
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+
+from .answer import FENCE_RE, split_lines
+from .index import SearchIndex, clean_body
+from .semantic import EmbeddingCache, Embedder
+
+HEADING_RE = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
+LINK_RE = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+INLINE_MARKS_RE = re.compile(r"`+|\*+|(?<!\w)_+|_+(?!\w)|<[^>]+>")
+
+# Fitted by bench/lookup_fit.py on the dev split (see its output in bench/results.md):
+# intercept, then the weight of each feature of `FEATURES`.
+FEATURES = ("question", "summary", "section", "behind", "bm25")
+WEIGHTS = (-15.038, 3.703, 1.239, 5.117, -21.922, 12.040)
+CONFIDENT = 0.48           # the best result's score at or above which the response is confident
+LEXICAL_CANDIDATES = 30    # answers the lexical stage proposes (the semantic stage scores all)
+
+
+@dataclass(frozen=True)
+class Section:
+    anchor: str   # the heading's id on the answer's page ("" for text before the first heading)
+    title: str
+    text: str     # what is embedded: the heading and the section's words
+
+
+def _heading_text(markdown: str) -> str:
+    """A heading's text as the renderer's table of contents sees it (links and marks dropped)."""
+    return html.unescape(INLINE_MARKS_RE.sub("", LINK_RE.sub(r"\1", markdown))).strip()
+
+
+def _slugify(value: str) -> str:
+    """Python-Markdown's toc slugify (kb.render uses it, with "-")."""
+    value = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode("ascii")
+    value = re.sub(r"[^\w\s-]", "", value).strip().lower()
+    return re.sub(r"[-\s]+", "-", value)
+
+
+def _unique(anchor: str, used: set) -> str:
+    if anchor in used or not anchor:
+        count = 1
+        while f"{anchor}_{count}" in used:
+            count += 1
+        anchor = f"{anchor}_{count}"
+    used.add(anchor)
+    return anchor
+
+
+def sections(answer) -> list[Section]:
+    """The answer's body cut at its headings (ATX headings outside code fences), in order."""
+    found, used = [], set()
+    anchor, title, lines, fence = "", answer.title, [], None
+    for line in split_lines(answer.body):
+        opening = FENCE_RE.match(line)
+        if opening and (fence is None or (not opening["info"] and opening["fence"][0] == fence[0]
+                                          and len(opening["fence"]) >= len(fence))):
+            fence = opening["fence"] if fence is None else None
+        heading = HEADING_RE.match(line) if fence is None else None
+        if heading:
+            if anchor or any(x.strip() for x in lines):
+                found.append((anchor, title, lines))
+            title = _heading_text(heading[2])
+            anchor, lines = _unique(_slugify(title), used), []
+        else:
+            lines.append(line)
+    if anchor or any(x.strip() for x in lines):
+        found.append((anchor, title, lines))
+    return [Section(a, t, f"{t}\n{' '.join(clean_body(chr(10).join(body)).split())}") for a, t, body in found]
+
+
+@dataclass
+class _Answer:
+    slug: str
+    title: str
+    summary: str
+
+
+@dataclass
+class _State:
+    entries: list            # _Answer per answer, by slug
+    texts: list              # every embedded text
+    vectors: np.ndarray      # [texts x 384], unit vectors
+    owner: np.ndarray        # the answer (index into entries) of each text
+    kind: np.ndarray         # 0 a question (title or alias), 1 the summary, 2 a section
+    section: list            # the Section of each text (None unless kind 2)
+    position: dict           # slug -> index into entries
+
+
+EMPTY = _State([], [], np.zeros((0, 384), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int8), [], {})
+
+
+class Lookup:
+    """Hybrid lookup over the answers given to `rebuild`; thread-safe for searching."""
+
+    def __init__(self, index: SearchIndex, db_path, embedder: Embedder):
+        self.index = index
+        self.embedder = embedder
+        self.cache = EmbeddingCache(db_path, embedder)
+        self.state = EMPTY
+
+    def rebuild(self, answers) -> None:
+        """Bring the lexical index and the embeddings in step with `answers`: only texts never
+        embedded before are embedded (a restart embeds nothing, an edit only what it changed)."""
+        answers = sorted(answers, key=lambda a: a.slug)
+        self.index.rebuild(answers)
+        entries, texts, owner, kind, section = [], [], [], [], []
+        for i, answer in enumerate(answers):
+            entries.append(_Answer(answer.slug, answer.title, answer.summary))
+            units = [(0, answer.title, None), *((0, alias, None) for alias in answer.aliases),
+                     (1, answer.summary, None), *((2, s.text, s) for s in sections(answer))]
+            for k, text, part in units:
+                texts.append(text)
+                owner.append(i)
+                kind.append(k)
+                section.append(part)
+        embedded = self.embedder.calls
+        self.state = _State(entries, texts, self.cache.vectors(texts), np.array(owner, np.int64),
+                            np.array(kind, np.int8), section, {e.slug: i for i, e in enumerate(entries)})
+        if self.embedder.calls != embedded:   # texts changed: forget the vectors nothing uses now
+            self.cache.prune(texts)
+
+    def features(self, query: str, state: _State | None = None):
+        """The feature matrix [answers x FEATURES] and each answer's best section (text row)."""
+        state = state or self.state
+        n = len(state.entries)
+        similarity = state.vectors @ self.embedder.query(query)
+        best = np.full((3, n), -1.0, dtype=np.float32)
+        for k in range(3):
+            chosen = state.kind == k
+            np.maximum.at(best[k], state.owner[chosen], similarity[chosen])
+        best[2] = np.where(best[2] < -0.5, best[1], best[2])      # an answer without a body
+        overall = best.max(axis=0)
+        lexical = np.zeros(n, dtype=np.float32)
+        hits = self.index.candidates(query, LEXICAL_CANDIDATES)
+        for slug, score in hits:
+            if slug in state.position:
+                lexical[state.position[slug]] = score / hits[0][1]
+        matrix = np.stack([best[0], best[1], best[2], overall.max() - overall, lexical], axis=1)
+        rows = np.flatnonzero(state.kind == 2)
+        best_row = {}
+        if rows.size:
+            order = rows[np.lexsort((-similarity[rows], state.owner[rows]))]  # by answer, best first
+            for row in order:
+                best_row.setdefault(int(state.owner[row]), int(row))
+        return matrix, best_row
+
+    def search(self, query, limit: int = 5) -> dict:
+        """{"confident": bool, "results": [{slug, title, summary, score, section}]}, best first.
+
+        Never raises, whatever the query; the results are the nearest answers even when the
+        best is not confident (then `confident` is false).
+        """
+        if not isinstance(query, str):
+            query = "" if query is None else str(query)
+        query = query.strip()
+        state = self.state
+        if not query or not state.entries or limit <= 0:
+            return {"confident": False, "results": []}
+        matrix, best_row = self.features(query, state)
+        scores = probability(matrix)
+        order = np.argsort(-scores, kind="stable")[:limit]
+        results = []
+        for i in order:
+            entry = state.entries[i]
+            row = best_row.get(int(i))
+            part = state.section[row] if row is not None else Section("", entry.title, "")
+            results.append({"slug": entry.slug, "title": entry.title, "summary": entry.summary,
+                            "score": round(float(scores[i]), 4),
+                            "section": {"anchor": part.anchor, "title": part.title}})
+        return {"confident": bool(results) and results[0]["score"] >= CONFIDENT, "results": results}
+
+
+def probability(matrix: np.ndarray, weights=WEIGHTS) -> np.ndarray:
+    """The logistic model: each row's probability of being the right answer."""
+    logits = weights[0] + matrix.astype(np.float64) @ np.asarray(weights[1:], dtype=np.float64)
+    return 1 / (1 + np.exp(-np.clip(logits, -30, 30)))
