@@ -61,16 +61,36 @@ def fit(x, y, l2=L2, steps=50):
     return tuple(float(v) for v in w)
 
 
-def threshold(lookup, entries, weights):
-    inside = [top_score(lookup, q, weights) for q, s in entries if s is not None]
-    outside = [top_score(lookup, q, weights) for q, s in entries if s is None]
-    t = np.floor(np.quantile(inside, MAX_NOT_CONFIDENT) * 100) / 100
+def calibrate(lookup, entries, weights):
+    """The score's model, fitted on each dev question's top-ranked answer: right or not.
+
+    Out-of-scope questions are weighted up (ten times): there are few of them, and telling
+    them apart is what the confident flag is for."""
+    rows, labels = [], []
+    for question, slug in entries:
+        matrix, _ = lookup.features(question)
+        logits = lk.ranking(matrix, weights)
+        top = int(np.argmax(logits))
+        right = lookup.state.entries[top].slug == slug
+        rows.append([logits[top], matrix[top, :3].max()])
+        labels.append(float(right))
+        if slug is None:     # out-of-scope questions are few: each counts as much as ten
+            rows += [rows[-1]] * 9
+            labels += [0.0] * 9
+    return fit(np.array(rows), np.array(labels))
+
+
+def threshold(lookup, entries, weights, calibration):
+    inside = [top_score(lookup, q, weights, calibration) for q, s in entries if s is not None]
+    outside = [top_score(lookup, q, weights, calibration) for q, s in entries if s is None]
+    allowed = int(MAX_NOT_CONFIDENT * len(inside))            # in-scope questions that may fall below
+    t = np.floor(sorted(inside)[allowed] * 100) / 100
     return float(t), np.mean(np.array(inside) < t), np.mean(np.array(outside) < t)
 
 
-def top_score(lookup, question, weights):
+def top_score(lookup, question, weights, calibration):
     matrix, _ = lookup.features(question)
-    return float(lk.probability(matrix, weights).max())
+    return float(lk.probability(matrix, weights, calibration)[np.argmax(lk.ranking(matrix, weights))])
 
 
 def main():
@@ -78,10 +98,12 @@ def main():
     dev = lookup_data.entries("dev")
     x, y, groups = dataset(lookup, dev)
     weights = fit(x, y)
-    t, inside, outside = threshold(lookup, dev, weights)
+    calibration = calibrate(lookup, dev, weights)
+    t, inside, outside = threshold(lookup, dev, weights, calibration)
     print(f"dev: {len(dev)} questions ({sum(s is None for _, s in dev)} out of scope)")
     print("FEATURES =", lk.FEATURES)
     print("WEIGHTS = (" + ", ".join(f"{w:.3f}" for w in weights) + ")")
+    print("CALIBRATION = (" + ", ".join(f"{w:.3f}" for w in calibration) + ")")
     print(f"CONFIDENT = {t}  # dev: {inside:.1%} of in-scope not confident, {outside:.1%} of out-of-scope")
 
 

@@ -18,6 +18,7 @@ A result names the section that matched best, so a link goes straight to it
 from __future__ import annotations
 
 import html
+import math
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -34,9 +35,11 @@ INLINE_MARKS_RE = re.compile(r"`+|\*+|(?<!\w)_+|_+(?!\w)|<[^>]+>")
 
 # Fitted by bench/lookup_fit.py on the dev split (see its output in bench/results.md):
 # intercept, then the weight of each feature of `FEATURES`.
-FEATURES = ("question", "summary", "section", "behind", "bm25")
-WEIGHTS = (-15.038, 3.703, 1.239, 5.117, -21.922, 12.040)
-CONFIDENT = 0.48           # the best result's score at or above which the response is confident
+FEATURES = ("question", "summary", "section", "behind", "bm25", "bm25_strength")
+WEIGHTS = (-12.178, 5.126, 0.149, 2.801, -19.060, 9.926, -0.110)
+# The score: intercept, weight of the ranking logit, weight of the best similarity.
+CALIBRATION = (-5.451, 0.759, 10.821)
+CONFIDENT = 0.31           # the best result's score at or above which the response is confident
 LEXICAL_CANDIDATES = 30    # answers the lexical stage proposes (the semantic stage scores all)
 
 
@@ -153,12 +156,13 @@ class Lookup:
             np.maximum.at(best[k], state.owner[chosen], similarity[chosen])
         best[2] = np.where(best[2] < -0.5, best[1], best[2])      # an answer without a body
         overall = best.max(axis=0)
-        lexical = np.zeros(n, dtype=np.float32)
+        lexical, strength = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
         hits = self.index.candidates(query, LEXICAL_CANDIDATES)
         for slug, score in hits:
             if slug in state.position:
-                lexical[state.position[slug]] = score / hits[0][1]
-        matrix = np.stack([best[0], best[1], best[2], overall.max() - overall, lexical], axis=1)
+                lexical[state.position[slug]] = score / hits[0][1]   # relative to the query's best
+                strength[state.position[slug]] = math.log1p(max(score, 0.0))
+        matrix = np.stack([best[0], best[1], best[2], overall.max() - overall, lexical, strength], axis=1)
         rows = np.flatnonzero(state.kind == 2)
         best_row = {}
         if rows.size:
@@ -193,7 +197,15 @@ class Lookup:
         return {"confident": bool(results) and results[0]["score"] >= CONFIDENT, "results": results}
 
 
-def probability(matrix: np.ndarray, weights=WEIGHTS) -> np.ndarray:
-    """The logistic model: each row's probability of being the right answer."""
-    logits = weights[0] + matrix.astype(np.float64) @ np.asarray(weights[1:], dtype=np.float64)
+def ranking(matrix: np.ndarray, weights=WEIGHTS) -> np.ndarray:
+    """The ranking model's logit per answer (higher is better)."""
+    return weights[0] + matrix.astype(np.float64) @ np.asarray(weights[1:], dtype=np.float64)
+
+
+def probability(matrix: np.ndarray, weights=WEIGHTS, calibration=CALIBRATION) -> np.ndarray:
+    """Each answer's calibrated probability of being the one asked for: a logistic model of its
+    ranking logit and its best similarity to the question (which is what tells a question the
+    knowledge base does not answer: nothing in it is close)."""
+    similarity = matrix[:, :3].max(axis=1).astype(np.float64)
+    logits = calibration[0] + calibration[1] * ranking(matrix, weights) + calibration[2] * similarity
     return 1 / (1 + np.exp(-np.clip(logits, -30, 30)))

