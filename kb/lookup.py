@@ -36,10 +36,10 @@ INLINE_MARKS_RE = re.compile(r"`+|\*+|(?<!\w)_+|_+(?!\w)|<[^>]+>")
 # Fitted by bench/lookup_fit.py on the dev split (see its output in bench/results.md):
 # intercept, then the weight of each feature of `FEATURES`.
 FEATURES = ("question", "summary", "section", "behind", "bm25", "bm25_strength")
-WEIGHTS = (-12.178, 5.126, 0.149, 2.801, -19.060, 9.926, -0.110)
+WEIGHTS = (-8.837, 4.187, 0.121, 3.626, -21.666, 6.960, -0.184)
 # The score: intercept, weight of the ranking logit, weight of the best similarity.
-CALIBRATION = (-5.451, 0.759, 10.821)
-CONFIDENT = 0.31           # the best result's score at or above which the response is confident
+CALIBRATION = (-5.581, 0.728, 11.492)
+CONFIDENT = 0.35           # the best result's score at or above which the response is confident
 LEXICAL_CANDIDATES = 30    # answers the lexical stage proposes (the semantic stage scores all)
 
 
@@ -110,6 +110,25 @@ class _State:
     kind: np.ndarray         # 0 a question (title or alias), 1 the summary, 2 a section
     section: list            # the Section of each text (None unless kind 2)
     position: dict           # slug -> index into entries
+    # Per kind: its text rows, where each answer's run of them starts, and those answers (the
+    # texts of an answer are contiguous, so a maximum per answer is one `reduceat`).
+    groups: list = None
+    sections_of: np.ndarray = None   # [answers x 2]: first section row, end (equal: no section)
+
+    def __post_init__(self):
+        self.groups = []
+        for k in range(3):
+            rows = np.flatnonzero(self.kind == k)
+            owners = self.owner[rows]
+            starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]) if rows.size else rows
+            self.groups.append((rows, starts, owners[starts]))
+        rows = self.groups[2][0]
+        self.sections_of = np.zeros((len(self.entries), 2), np.int64)
+        if rows.size:
+            first = np.searchsorted(self.owner[rows], np.arange(len(self.entries)), side="left")
+            last = np.searchsorted(self.owner[rows], np.arange(len(self.entries)), side="right")
+            self.sections_of[:, 0] = np.where(first < rows.size, rows[np.minimum(first, rows.size - 1)], 0)
+            self.sections_of[:, 1] = self.sections_of[:, 0] + (last - first)
 
 
 EMPTY = _State([], [], np.zeros((0, 384), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int8), [], {})
@@ -146,14 +165,14 @@ class Lookup:
             self.cache.prune(texts)
 
     def features(self, query: str, state: _State | None = None):
-        """The feature matrix [answers x FEATURES] and each answer's best section (text row)."""
+        """The feature matrix [answers x FEATURES] and the texts' similarities to the query."""
         state = state or self.state
         n = len(state.entries)
         similarity = state.vectors @ self.embedder.query(query)
         best = np.full((3, n), -1.0, dtype=np.float32)
-        for k in range(3):
-            chosen = state.kind == k
-            np.maximum.at(best[k], state.owner[chosen], similarity[chosen])
+        for k, (rows, starts, owners) in enumerate(state.groups):
+            if rows.size:
+                best[k][owners] = np.maximum.reduceat(similarity[rows], starts)
         best[2] = np.where(best[2] < -0.5, best[1], best[2])      # an answer without a body
         overall = best.max(axis=0)
         lexical, strength = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
@@ -163,13 +182,7 @@ class Lookup:
                 lexical[state.position[slug]] = score / hits[0][1]   # relative to the query's best
                 strength[state.position[slug]] = math.log1p(max(score, 0.0))
         matrix = np.stack([best[0], best[1], best[2], overall.max() - overall, lexical, strength], axis=1)
-        rows = np.flatnonzero(state.kind == 2)
-        best_row = {}
-        if rows.size:
-            order = rows[np.lexsort((-similarity[rows], state.owner[rows]))]  # by answer, best first
-            for row in order:
-                best_row.setdefault(int(state.owner[row]), int(row))
-        return matrix, best_row
+        return matrix, similarity
 
     def search(self, query, limit: int = 5) -> dict:
         """{"confident": bool, "results": [{slug, title, summary, score, section}]}, best first.
@@ -183,14 +196,17 @@ class Lookup:
         state = self.state
         if not query or not state.entries or limit <= 0:
             return {"confident": False, "results": []}
-        matrix, best_row = self.features(query, state)
+        matrix, similarity = self.features(query, state)
         scores = probability(matrix)
-        order = np.argsort(-scores, kind="stable")[:limit]
+        limit = min(limit, len(scores))
+        order = np.argpartition(-scores, limit - 1)[:limit]
+        order = order[np.lexsort((order, -scores[order]))]
         results = []
         for i in order:
             entry = state.entries[i]
-            row = best_row.get(int(i))
-            part = state.section[row] if row is not None else Section("", entry.title, "")
+            first, end = state.sections_of[i]
+            part = (state.section[first + int(np.argmax(similarity[first:end]))] if end > first
+                    else Section("", entry.title, ""))
             results.append({"slug": entry.slug, "title": entry.title, "summary": entry.summary,
                             "score": round(float(scores[i]), 4),
                             "section": {"anchor": part.anchor, "title": part.title}})
