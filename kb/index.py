@@ -377,6 +377,35 @@ class SearchIndex:
             log.exception("search failed for the FTS5 query %r", expression[:200])
             return []
 
+    def static_tables(self) -> dict:
+        """What the static export's search (service/static/search.js) needs to rank exactly as
+        `candidates` does, read from this index: the query rules (stop words, synonyms, spellings,
+        limits), the weights, and per answer the stemmed terms of each short field as FTS5 counted
+        them (search.js stems the query's words with FTS5's Porter rules).
+        """
+        db = self.connection()
+        db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.search_short_terms USING fts5vocab(main, search_short, instance)")
+        slugs = dict(db.execute("SELECT rowid, slug FROM search_short WHERE slug IS NOT NULL"))
+        terms: dict[str, dict] = {slug: {} for slug in slugs.values()}
+        lengths = {slug: [0] * len(SHORT_COLUMNS) for slug in slugs.values()}
+        for term, row, column, _ in db.execute("SELECT term, doc, col, offset FROM temp.search_short_terms"):
+            slug = slugs.get(row)
+            if slug is None:
+                continue
+            c = SHORT_COLUMNS.index(column)
+            counts = terms[slug].setdefault(term, [0] * len(SHORT_COLUMNS))
+            counts[c] += 1
+            lengths[slug][c] += 1
+        rows = db.execute("SELECT count(*) FROM search_short").fetchone()[0]
+        return {
+            "stop_words": sorted(STOP_WORDS), "synonyms": [[list(k), v] for k, v in SYNONYMS.items()],
+            "spellings": SPELLINGS, "ize": IZE_RE.pattern, "max_query_chars": MAX_QUERY_CHARS,
+            "max_terms": MAX_TERMS, "max_term_chars": MAX_TERM_CHARS, "max_lexical_terms": MAX_LEXICAL_TERMS,
+            "weights": SHORT_WEIGHTS, "question_weights": SHORT_QUESTION_WEIGHTS, "question_boost": QUESTION_BOOST,
+            "rows": rows,
+            "answers": {slug: {"terms": terms[slug], "lengths": lengths[slug]} for slug in sorted(terms)},
+        }
+
     def count(self) -> int:
         """The number of answers in the index."""
         try:
