@@ -41,9 +41,9 @@ def build(db_path=CACHE):
 def dataset(lookup, entries):
     rows, labels, groups = [], [], []
     for g, (question, slug) in enumerate(entries):
-        matrix, _ = lookup.features(question)
+        chosen, matrix, _ = lookup.features(question)
         rows.append(matrix)
-        labels.append(np.array([e.slug == slug for e in lookup.state.entries], dtype=float))
+        labels.append(np.array([lookup.state.entries[i].slug == slug for i in chosen], dtype=float))
         groups.append(np.full(len(matrix), g))
     return np.vstack(rows), np.concatenate(labels), np.concatenate(groups)
 
@@ -68,10 +68,10 @@ def calibrate(lookup, entries, weights):
     them apart is what the confident flag is for."""
     rows, labels = [], []
     for question, slug in entries:
-        matrix, _ = lookup.features(question)
+        chosen, matrix, _ = lookup.features(question)
         logits = lk.ranking(matrix, weights)
         top = int(np.argmax(logits))
-        right = lookup.state.entries[top].slug == slug
+        right = lookup.state.entries[chosen[top]].slug == slug
         rows.append([logits[top], matrix[top, :3].max()])
         labels.append(float(right))
         if slug is None:     # out-of-scope questions are few: each counts as much as ten
@@ -89,7 +89,7 @@ def threshold(lookup, entries, weights, calibration):
 
 
 def top_score(lookup, question, weights, calibration):
-    matrix, _ = lookup.features(question)
+    _, matrix, _ = lookup.features(question)
     return float(lk.probability(matrix, weights, calibration)[np.argmax(lk.ranking(matrix, weights))])
 
 

@@ -60,15 +60,17 @@ META_SQL = "CREATE TABLE IF NOT EXISTS search_meta (key TEXT PRIMARY KEY, value 
 INSERT_SQL = (f"INSERT INTO search_fts ({', '.join(COLUMNS)}, slug) "
               f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})")
 # What the stored index was built with: any change and the next `rebuild` starts from scratch.
-# The lexical stage of `kb.lookup` searches the short fields only, in a table of their own: its
-# posting lists are a few words per answer instead of a whole body, so at 10,000 answers a query
-# costs about a millisecond instead of tens (the semantic stage reads the bodies, by section).
-SHORT_COLUMNS = COLUMNS[:4]
-SHORT_WEIGHTS = WEIGHTS[:4]
-SHORT_QUESTION_WEIGHTS = QUESTION_WEIGHTS[:4]
+# The lexical stage of `kb.lookup` searches the answers' questions (title, aliases) and tags only,
+# in a table of their own: its posting lists hold a few words per answer instead of a whole body,
+# so at 10,000 answers a query costs a millisecond or two instead of tens. The semantic stage
+# reads the summaries and the bodies (by section).
+SHORT_COLUMNS = ("title", "aliases", "tags")
+SHORT_WEIGHTS = tuple(WEIGHTS[COLUMNS.index(c)] for c in SHORT_COLUMNS)
+SHORT_QUESTION_WEIGHTS = tuple(QUESTION_WEIGHTS[COLUMNS.index(c)] for c in SHORT_COLUMNS)
 SHORT_SQL = (f"CREATE VIRTUAL TABLE search_short USING fts5({', '.join(SHORT_COLUMNS)}, slug UNINDEXED, "
              f"tokenize = '{TOKENIZE}')")
-SHORT_INSERT_SQL = f"INSERT INTO search_short (rowid, {', '.join(SHORT_COLUMNS)}, slug) VALUES (?, ?, ?, ?, ?, ?)"
+SHORT_INSERT_SQL = (f"INSERT INTO search_short (rowid, {', '.join(SHORT_COLUMNS)}, slug) "
+                    f"VALUES ({', '.join('?' * (len(SHORT_COLUMNS) + 2))})")
 MAX_LEXICAL_TERMS = 12   # of a long post, the words the lexical stage looks for (its opening ones)
 SCHEMA_ID = json.dumps([INDEX_VERSION, FTS_SQL, DOCS_SQL, SHORT_SQL, PAD_ROWS_PER_ANSWER])
 BULK_FRACTION = 0.2  # re-indexing more than this share of the rows ends with an FTS5 'optimize'
@@ -303,7 +305,8 @@ class SearchIndex:
                 db.execute("DELETE FROM search_docs WHERE slug = ?", (slug,))
             for slug in fresh:
                 row = db.execute(INSERT_SQL, document(wanted[slug])).lastrowid
-                db.execute(SHORT_INSERT_SQL, (row, *document(wanted[slug])[:len(SHORT_COLUMNS)], slug))
+                fields = document(wanted[slug])
+                db.execute(SHORT_INSERT_SQL, (row, *(fields[COLUMNS.index(c)] for c in SHORT_COLUMNS), slug))
                 db.execute("INSERT INTO search_docs VALUES (?, ?, ?)", (slug, digests[slug], row))
             self._pad(db, PAD_ROWS_PER_ANSWER * len(digests))
             if len(stale) + len(fresh) > BULK_FRACTION * max(len(digests), 1):
@@ -316,8 +319,7 @@ class SearchIndex:
         have = int(self._meta(db, "padding") or 0)
         if wanted > have:
             db.executemany(INSERT_SQL, [("",) * len(COLUMNS) + (None,)] * (wanted - have))
-            db.executemany(f"INSERT INTO search_short ({', '.join(SHORT_COLUMNS)}, slug) VALUES ('', '', '', '', NULL)",
-                           [()] * (wanted - have))
+            db.executemany(SHORT_INSERT_SQL, [(None, *[""] * len(SHORT_COLUMNS), None)] * (wanted - have))
         elif wanted < have:
             db.execute("DELETE FROM search_fts WHERE rowid IN "
                        "(SELECT rowid FROM search_fts WHERE slug IS NULL LIMIT ?)", (have - wanted,))
@@ -359,7 +361,7 @@ class SearchIndex:
     def candidates(self, query, limit: int = 30) -> list[tuple[str, float]]:
         """The lexical stage of `kb.lookup`: [(slug, score)] of the best BM25 matches, best first.
 
-        `search`'s ranking over the short fields (title, aliases, summary, tags) and the first
+        `search`'s ranking over the questions and tags (`SHORT_COLUMNS`) and the first
         `MAX_LEXICAL_TERMS` words of the query: the semantic stage carries recall.
         """
         expression = match_expression(" ".join(query_terms(query)[:MAX_LEXICAL_TERMS]))

@@ -36,11 +36,12 @@ INLINE_MARKS_RE = re.compile(r"`+|\*+|(?<!\w)_+|_+(?!\w)|<[^>]+>")
 # Fitted by bench/lookup_fit.py on the dev split (see its output in bench/results.md):
 # intercept, then the weight of each feature of `FEATURES`.
 FEATURES = ("question", "summary", "section", "behind", "bm25", "bm25_strength")
-WEIGHTS = (-8.837, 4.187, 0.121, 3.626, -21.666, 6.960, -0.184)
+WEIGHTS = (-7.570, 4.413, 0.447, 3.269, -20.688, 5.526, -0.229)
 # The score: intercept, weight of the ranking logit, weight of the best similarity.
-CALIBRATION = (-5.581, 0.728, 11.492)
-CONFIDENT = 0.35           # the best result's score at or above which the response is confident
-LEXICAL_CANDIDATES = 30    # answers the lexical stage proposes (the semantic stage scores all)
+CALIBRATION = (-4.573, 0.889, 9.274)
+CONFIDENT = 0.26           # the best result's score at or above which the response is confident
+LEXICAL_CANDIDATES = 30    # answers the lexical stage proposes
+SHORTLIST = 300            # beyond this many answers, the semantic stage compares these text by text
 
 
 @dataclass(frozen=True)
@@ -104,31 +105,24 @@ class _Answer:
 @dataclass
 class _State:
     entries: list            # _Answer per answer, by slug
-    texts: list              # every embedded text
+    texts: list              # every embedded text; an answer's texts are contiguous
     vectors: np.ndarray      # [texts x 384], unit vectors
     owner: np.ndarray        # the answer (index into entries) of each text
     kind: np.ndarray         # 0 a question (title or alias), 1 the summary, 2 a section
     section: list            # the Section of each text (None unless kind 2)
     position: dict           # slug -> index into entries
-    # Per kind: its text rows, where each answer's run of them starts, and those answers (the
-    # texts of an answer are contiguous, so a maximum per answer is one `reduceat`).
-    groups: list = None
-    sections_of: np.ndarray = None   # [answers x 2]: first section row, end (equal: no section)
+    start: np.ndarray = None      # each answer's first text
+    end: np.ndarray = None        # and the end of its texts
+    centroids: np.ndarray = None  # each answer's texts' mean direction, for the shortlist
 
     def __post_init__(self):
-        self.groups = []
-        for k in range(3):
-            rows = np.flatnonzero(self.kind == k)
-            owners = self.owner[rows]
-            starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]]) if rows.size else rows
-            self.groups.append((rows, starts, owners[starts]))
-        rows = self.groups[2][0]
-        self.sections_of = np.zeros((len(self.entries), 2), np.int64)
-        if rows.size:
-            first = np.searchsorted(self.owner[rows], np.arange(len(self.entries)), side="left")
-            last = np.searchsorted(self.owner[rows], np.arange(len(self.entries)), side="right")
-            self.sections_of[:, 0] = np.where(first < rows.size, rows[np.minimum(first, rows.size - 1)], 0)
-            self.sections_of[:, 1] = self.sections_of[:, 0] + (last - first)
+        n = len(self.entries)
+        self.start = np.searchsorted(self.owner, np.arange(n), side="left")
+        self.end = np.searchsorted(self.owner, np.arange(n), side="right")
+        self.centroids = np.zeros((n, self.vectors.shape[1]), np.float32)
+        if n:
+            sums = np.add.reduceat(self.vectors, self.start, axis=0)
+            self.centroids = sums / np.clip(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12, None)
 
 
 EMPTY = _State([], [], np.zeros((0, 384), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int8), [], {})
@@ -165,24 +159,37 @@ class Lookup:
             self.cache.prune(texts)
 
     def features(self, query: str, state: _State | None = None):
-        """The feature matrix [answers x FEATURES] and the texts' similarities to the query."""
+        """The answers considered (indices into entries, ascending), their feature matrix
+        [answers x FEATURES], and for the search: their texts' rows, offsets and similarities.
+
+        Beyond `SHORTLIST` answers, only the `SHORTLIST` whose texts' mean direction is nearest
+        the question, and the lexical stage's candidates, are compared text by text.
+        """
         state = state or self.state
         n = len(state.entries)
-        similarity = state.vectors @ self.embedder.query(query)
-        best = np.full((3, n), -1.0, dtype=np.float32)
-        for k, (rows, starts, owners) in enumerate(state.groups):
-            if rows.size:
-                best[k][owners] = np.maximum.reduceat(similarity[rows], starts)
-        best[2] = np.where(best[2] < -0.5, best[1], best[2])      # an answer without a body
-        overall = best.max(axis=0)
-        lexical, strength = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
+        question = self.embedder.query(query)
         hits = self.index.candidates(query, LEXICAL_CANDIDATES)
-        for slug, score in hits:
-            if slug in state.position:
-                lexical[state.position[slug]] = score / hits[0][1]   # relative to the query's best
-                strength[state.position[slug]] = math.log1p(max(score, 0.0))
+        found = {state.position[slug]: score for slug, score in hits if slug in state.position}
+        if n <= SHORTLIST:
+            chosen = np.arange(n)
+        else:
+            near = np.argpartition(-(state.centroids @ question), SHORTLIST)[:SHORTLIST]
+            chosen = np.union1d(near, np.fromiter(found, np.int64, len(found)))
+        counts = state.end[chosen] - state.start[chosen]
+        offsets = np.r_[0, np.cumsum(counts)]
+        rows = np.arange(offsets[-1]) - np.repeat(offsets[:-1], counts) + np.repeat(state.start[chosen], counts)
+        similarity = state.vectors[rows] @ question if n > SHORTLIST else state.vectors @ question
+        kinds = state.kind[rows]
+        best = np.stack([np.maximum.reduceat(np.where(kinds == k, similarity, -2.0), offsets[:-1]) for k in range(3)])
+        best[2] = np.where(best[2] < -1.5, best[1], best[2])      # an answer without a body
+        overall = best.max(axis=0)
+        lexical, strength = np.zeros(len(chosen)), np.zeros(len(chosen))
+        for i, answer in enumerate(chosen):
+            if answer in found:
+                lexical[i] = found[answer] / hits[0][1]          # relative to the query's best
+                strength[i] = math.log1p(max(found[answer], 0.0))
         matrix = np.stack([best[0], best[1], best[2], overall.max() - overall, lexical, strength], axis=1)
-        return matrix, similarity
+        return chosen, matrix, (rows, offsets, similarity)
 
     def search(self, query, limit: int = 5) -> dict:
         """{"confident": bool, "results": [{slug, title, summary, score, section}]}, best first.
@@ -196,16 +203,17 @@ class Lookup:
         state = self.state
         if not query or not state.entries or limit <= 0:
             return {"confident": False, "results": []}
-        matrix, similarity = self.features(query, state)
+        chosen, matrix, (rows, offsets, similarity) = self.features(query, state)
         scores = probability(matrix)
         limit = min(limit, len(scores))
         order = np.argpartition(-scores, limit - 1)[:limit]
         order = order[np.lexsort((order, -scores[order]))]
         results = []
         for i in order:
-            entry = state.entries[i]
-            first, end = state.sections_of[i]
-            part = (state.section[first + int(np.argmax(similarity[first:end]))] if end > first
+            entry = state.entries[chosen[i]]
+            span = slice(offsets[i], offsets[i + 1])
+            own = np.flatnonzero(state.kind[rows[span]] == 2)
+            part = (state.section[rows[span][own[np.argmax(similarity[span][own])]]] if own.size
                     else Section("", entry.title, ""))
             results.append({"slug": entry.slug, "title": entry.title, "summary": entry.summary,
                             "score": round(float(scores[i]), 4),
