@@ -88,26 +88,35 @@ def latency(lookup: Lookup, questions: list[str], passes: int = 3) -> dict:
     return {"p50": ms(full, 50), "p99": ms(full, 99), "lexical_p50": ms(lexical, 50), "lexical_p99": ms(lexical, 99)}
 
 
+def seed_random_vectors(db_path, answers) -> None:
+    """Store random unit vectors as the cached embeddings of synthetic answers' texts: the cost
+    of a look-up does not depend on their values, and embedding 10,000 synthetic answers would
+    take the better part of an hour (embedding cost: the real answers' cold start, below)."""
+    from kb.database import Database
+    from kb.lookup import sections
+    from kb.semantic import CACHE_SQL, cache_key
+
+    texts = []
+    for a in answers:
+        texts += [a.title, *a.aliases, a.summary, *(s.text for s in sections(a))]
+    vectors = np.random.default_rng(0).standard_normal((len(texts), DIMENSION)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with Database(db_path).write() as db:                 # without loading the model
+        db.execute(CACHE_SQL)
+        db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?)",
+                       [(cache_key(t), v.tobytes()) for t, v in zip(texts, vectors)])
+
+
 def synthetic(n: int, work: Path) -> Lookup:
-    """A lookup over n synthetic answers whose cached vectors are random (no hour of embedding)."""
+    """A lookup over n synthetic answers (bench/scale.py's generator) with random cached vectors."""
     from bench import scale
 
     folder = work / f"answers-{n}"
     scale.generate(folder, n)
     answers, _ = load_answers([folder])
     path = work / f"lookup-{n}.sqlite3"
+    seed_random_vectors(path, answers.values())
     lookup = Lookup(SearchIndex(path), path, shared_embedder())
-    from kb.lookup import sections
-
-    texts = []
-    for a in answers.values():
-        texts += [a.title, *a.aliases, a.summary, *(s.text for s in sections(a))]
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((len(texts), DIMENSION)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    with lookup.cache.database.write() as db:
-        db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?)",
-                       [(lookup.cache.key(t), v.tobytes()) for t, v in zip(texts, vectors)])
     lookup.rebuild(answers.values())
     return lookup
 

@@ -34,6 +34,13 @@ QUERY_TOKENS = 64       # a pasted post is read up to here (its title and first 
 BATCH = 8
 RECIPE = "2"            # tokenising, truncation and pooling; part of every cache key
 CACHE_SQL = "CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, vector BLOB NOT NULL)"
+# What a cached vector depends on: both files and how they are used (bump RECIPE on change).
+MODEL_KEY = hashlib.sha256(f"{MODEL_SHA256} {TOKENIZER_SHA256} {RECIPE}".encode()).hexdigest()
+
+
+def cache_key(text: str) -> str:
+    """The key of a text's vector in the store's `embeddings` table."""
+    return hashlib.sha256(f"{MODEL_KEY}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class ModelFileError(RuntimeError):
@@ -80,8 +87,6 @@ class Embedder:
 
         self.model_file = verified(model_file or default_model_file(), MODEL_SHA256, "embedding model")
         self.tokenizer_file = verified(tokenizer_file or TOKENIZER_FILE, TOKENIZER_SHA256, "tokenizer")
-        # What a cached vector depends on: both files and how they are used (bump RECIPE on change).
-        self.model_hash = hashlib.sha256(f"{MODEL_SHA256} {TOKENIZER_SHA256} {RECIPE}".encode()).hexdigest()
         self.tokenizer = Tokenizer.from_file(str(self.tokenizer_file))
         # The file pads every text to 128 tokens; pooling must see the real tokens only, and the
         # length limits are applied in `embed`.
@@ -146,8 +151,7 @@ class EmbeddingCache:
         with self.database.write() as db:
             db.execute(CACHE_SQL)
 
-    def key(self, text: str) -> str:
-        return hashlib.sha256(f"{self.embedder.model_hash}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()
+    key = staticmethod(cache_key)
 
     def vectors(self, texts: list[str]) -> np.ndarray:
         """The texts' vectors: read from the store, the missing ones embedded and stored."""
