@@ -199,7 +199,8 @@ class Lookup:
         """
         if not isinstance(query, str):
             query = "" if query is None else str(query)
-        query = query.strip()
+        # Lone surrogates (which no UTF-8 request carries) would stop the tokenizer.
+        query = query.encode("utf-8", "replace").decode("utf-8").strip()
         state = self.state
         if not query or not state.entries or limit <= 0:
             return {"confident": False, "results": []}

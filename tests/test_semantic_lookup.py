@@ -98,6 +98,17 @@ def test_headings_inside_code_are_not_sections():
     assert [(s.anchor, s.title) for s in sections(found)] == [("", "X?"), ("one", "One"), ("one_1", "One")]
 
 
+@pytest.mark.parametrize("query", [None, 42, "", "   ", "\ud800 adam", "dropout\x00", "🤖", "x" * 10_000,
+                                   "why " * 5_000, '"NEAR(adam dropout, 2)" OR *', "σ′(z) ≤ ¼"])
+def test_any_query_gives_the_nearest_answers_or_none(tmp_path, query):
+    path = tmp_path / "kb.sqlite3"
+    lookup = Lookup(SearchIndex(path), path, shared_embedder())
+    lookup.rebuild(SYNTHETIC)
+    found = lookup.search(query, 2)
+    assert isinstance(found["confident"], bool) and len(found["results"]) <= 2
+    assert all(0 <= hit["score"] <= 1 for hit in found["results"])
+
+
 # --- the embedding cache -----------------------------------------------------------------------
 
 
