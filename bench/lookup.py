@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -170,6 +171,7 @@ def run(sizes=(10_000,)) -> dict:
                                  "rss_kib": float(np.median([r["rss_after_kib"] for r in runs]))}
                           for mode, runs in starts.items()}
     results["answers"] = len(answers)
+    shutil.rmtree(work, ignore_errors=True)
     return results
 
 

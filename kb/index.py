@@ -71,7 +71,7 @@ SHORT_SQL = (f"CREATE VIRTUAL TABLE search_short USING fts5({', '.join(SHORT_COL
              f"tokenize = '{TOKENIZE}')")
 SHORT_INSERT_SQL = (f"INSERT INTO search_short (rowid, {', '.join(SHORT_COLUMNS)}, slug) "
                     f"VALUES ({', '.join('?' * (len(SHORT_COLUMNS) + 2))})")
-MAX_LEXICAL_TERMS = 12   # of a long post, the words the lexical stage looks for (its opening ones)
+MAX_LEXICAL_TERMS = 12  # of a long post, the words the lexical stage looks for (its opening ones)
 SCHEMA_ID = json.dumps([INDEX_VERSION, FTS_SQL, DOCS_SQL, SHORT_SQL, PAD_ROWS_PER_ANSWER])
 BULK_FRACTION = 0.2  # re-indexing more than this share of the rows ends with an FTS5 'optimize'
 
