@@ -143,7 +143,9 @@ def spec() -> dict:
             "/api/search": {"get": {
                 "operationId": "search",
                 "parameters": [
-                    {"name": "q", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1},
+                    {"name": "q", "in": "query", "required": True,
+                     # at least one character the server does not strip as white space
+                     "schema": {"type": "string", "minLength": 1, "pattern": "[^\\s\\x1c-\\x1f\\x85]"},
                      "description": "A question in free text"},
                     {"name": "limit", "in": "query", "required": False,
                      "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5}}],
