@@ -24,6 +24,8 @@ from .database import Database
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # tokenizers' hub client: never fetch
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# onnxruntime's telemetry: off (without this, importing it writes a session file into $TMPDIR).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
