@@ -1,15 +1,15 @@
 """Lookup: the answers (and the section of each) that best answer a learner's question.
 
-Two stages. The lexical stage (`kb.index.SearchIndex.candidates`, FTS5 BM25) finds answers that
-share the question's rarer words; the semantic stage compares the question's embedding
+Two stages. The lexical stage (`kb.index.SearchIndex.candidates`, FTS5 BM25 over the answers'
+questions and tags) finds answers that share the question's words; the semantic stage compares the question's embedding
 (`kb.semantic`) with an embedding of every answer's title, each alias, its summary and each
 section of its body, so a question worded without the answer's vocabulary still finds it.
 
 Each answer gets a few features (best similarity to one of its questions, to its summary, to one
 of its sections, how far it is behind the best answer, and its BM25 score relative to the best
-BM25 score of the query); a logistic model over them gives the score, which is therefore a
-calibrated probability, in [0, 1], that the answer is the right one. The weights and the
-`CONFIDENT` threshold were fitted on the dev split of `tests/lookup_eval/` with
+BM25 score of the query, and how strong that is); a logistic model over them ranks, and a second
+one, over the rank score and the best similarity, gives the score: a calibrated probability, in
+[0, 1], that the answer is the one asked for. The weights and the `CONFIDENT` threshold were fitted on the dev split of `tests/lookup_eval/` with
 `bench/lookup_fit.py` (never on the test split); see the README's search section.
 
 A result names the section that matched best, so a link goes straight to it
