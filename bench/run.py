@@ -3,7 +3,7 @@
 1. runner overhead (bench/overhead.py, in a fresh process), 2. serving under wrk
 (bench/serving.py), 3. lookup at scale (bench/scale.py), 4. incremental work
 (bench/incremental.py). Run order: 4 first (its first `kb check` makes the database that 2
-serves), then 2, 1, 3. Every figure is a ratio or a latency measured in this run on this
+serves), then 2, 1, 3, 5. Every figure is a ratio or a latency measured in this run on this
 machine; the tables are printed on stdout as well.
 
 `python bench/run.py --report` renders results.md and the plot again from bench/results.json
@@ -34,7 +34,7 @@ from bench.common import PYTHON, SNIPPET_ENV, env, log, median, percentile  # no
 
 os.environ.update(SNIPPET_ENV)
 
-from bench import incremental, overhead, scale, serving  # noqa: E402
+from bench import incremental, lookup, overhead, scale, serving  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.md"
 PLOT = ROOT / "bench" / "results.png"
@@ -162,11 +162,13 @@ def measure_all() -> dict:
         subprocess.run([PYTHON, "-m", "bench.overhead", str(out), str(repeats)], cwd=ROOT, env=env(), check=True)
         r1 = json.loads(out.read_text())
         r3 = scale.run(sizes)
+        log("lookup: quality on the test split, latency, memory, start-up")
+        r5 = lookup.run(tuple(n for n in sizes if n >= 10_000) or (max(sizes),))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     info["minutes"] = (time.monotonic() - started) / 60
     info["date"] = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}"
-    raw = {"machine": info, "overhead": r1, "serving": r2, "scale": r3, "incremental": r4}
+    raw = {"machine": info, "overhead": r1, "serving": r2, "scale": r3, "incremental": r4, "lookup": r5}
     RAW.write_text(json.dumps(raw), encoding="utf-8")
     return raw
 
@@ -180,7 +182,10 @@ def main() -> int:
     r3 = {int(k): v for k, v in raw["scale"].items()}
 
     sections, targets = [], {}
-    for report, result in ((overhead.report, r1), (serving.report, r2), (scale.report, r3), (incremental.report, r4)):
+    reports = [(overhead.report, r1), (serving.report, r2), (scale.report, r3), (incremental.report, r4)]
+    if "lookup" in raw:
+        reports.append((lookup.report, raw["lookup"]))
+    for report, result in reports:
         text, met = report(result)
         sections.append(text)
         targets.update({k: v for k, v in met.items() if not k.startswith("_")})

@@ -58,11 +58,29 @@ def main(argv=None, extensions=()) -> int:
                                             "figures without alt text, duplicated aliases")
     lint.add_argument("paths", nargs="*", metavar="PATH", help=f"answer files or directories (default: {DEFAULT_ANSWERS})")
     lint.add_argument("--db", default=DEFAULT_DB, help=f"SQLite evidence cache (default: {DEFAULT_DB})")
-    run = {"check": cmd_check, "new": cmd_new, "lint": cmd_lint}
+    gaps = commands.add_parser("gaps", help="list what learners searched for without a confident answer, most asked first")
+    gaps.add_argument("--json", action="store_true", help="print the list as JSON")
+    gaps.add_argument("--db", default=DEFAULT_DB, help=f"SQLite store of the service (default: {DEFAULT_DB})")
+    gaps.add_argument("--limit", type=positive(int), default=None, help="show at most this many")
+    run = {"check": cmd_check, "new": cmd_new, "lint": cmd_lint, "gaps": cmd_gaps}
     for extend in extensions:
         run.update(extend(commands))
     args = parser.parse_args(argv)
     return run[args.command](args)
+
+
+def cmd_gaps(args) -> int:
+    from .gaps import Gaps
+
+    entries = Gaps(args.db).list(args.limit)
+    if args.json:
+        json.dump({"gaps": entries}, sys.stdout, indent=2, ensure_ascii=False)
+        print()
+        return 0
+    for entry in entries:
+        print(f"{entry['count']:>6}  {entry['last_seen']}  {entry['query']}")
+    print(f"{len(entries)} question(s) without a confident answer", file=sys.stderr)
+    return 0
 
 
 def cmd_new(args) -> int:

@@ -62,7 +62,19 @@ META_SQL = "CREATE TABLE IF NOT EXISTS search_meta (key TEXT PRIMARY KEY, value 
 INSERT_SQL = (f"INSERT INTO search_fts ({', '.join(COLUMNS)}, slug) "
               f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})")
 # What the stored index was built with: any change and the next `rebuild` starts from scratch.
-SCHEMA_ID = json.dumps([INDEX_VERSION, FTS_SQL, DOCS_SQL, PAD_ROWS_PER_ANSWER])
+# The lexical stage of `kb.lookup` searches the answers' questions (title, aliases) and tags only,
+# in a table of their own: its posting lists hold a few words per answer instead of a whole body,
+# so at 10,000 answers a query costs a millisecond or two instead of tens. The semantic stage
+# reads the summaries and the bodies (by section).
+SHORT_COLUMNS = ("title", "aliases", "tags")
+SHORT_WEIGHTS = tuple(WEIGHTS[COLUMNS.index(c)] for c in SHORT_COLUMNS)
+SHORT_QUESTION_WEIGHTS = tuple(QUESTION_WEIGHTS[COLUMNS.index(c)] for c in SHORT_COLUMNS)
+SHORT_SQL = (f"CREATE VIRTUAL TABLE search_short USING fts5({', '.join(SHORT_COLUMNS)}, slug UNINDEXED, "
+             f"tokenize = '{TOKENIZE}')")
+SHORT_INSERT_SQL = (f"INSERT INTO search_short (rowid, {', '.join(SHORT_COLUMNS)}, slug) "
+                    f"VALUES ({', '.join('?' * (len(SHORT_COLUMNS) + 2))})")
+MAX_LEXICAL_TERMS = 12  # of a long post, the words the lexical stage looks for (its opening ones)
+SCHEMA_ID = json.dumps([INDEX_VERSION, FTS_SQL, DOCS_SQL, SHORT_SQL, PAD_ROWS_PER_ANSWER])
 BULK_FRACTION = 0.2  # re-indexing more than this share of the rows ends with an FTS5 'optimize'
 
 
@@ -254,7 +266,9 @@ class SearchIndex:
         db.execute(META_SQL)
         db.execute("DROP TABLE IF EXISTS search_fts")
         db.execute("DROP TABLE IF EXISTS search_docs")
+        db.execute("DROP TABLE IF EXISTS search_short")
         db.execute(FTS_SQL)
+        db.execute(SHORT_SQL)
         db.execute(DOCS_SQL)
         db.execute("DELETE FROM search_meta")
         db.execute("INSERT INTO search_meta VALUES ('schema', ?)", (SCHEMA_ID,))
@@ -288,13 +302,17 @@ class SearchIndex:
             fresh = sorted(slug for slug, new in digests.items() if indexed.get(slug) != new)
             for slug in stale:
                 db.execute("DELETE FROM search_fts WHERE rowid = (SELECT row FROM search_docs WHERE slug = ?)", (slug,))
+                db.execute("DELETE FROM search_short WHERE rowid = (SELECT row FROM search_docs WHERE slug = ?)", (slug,))
                 db.execute("DELETE FROM search_docs WHERE slug = ?", (slug,))
             for slug in fresh:
                 row = db.execute(INSERT_SQL, document(wanted[slug])).lastrowid
+                fields = document(wanted[slug])
+                db.execute(SHORT_INSERT_SQL, (row, *(fields[COLUMNS.index(c)] for c in SHORT_COLUMNS), slug))
                 db.execute("INSERT INTO search_docs VALUES (?, ?, ?)", (slug, digests[slug], row))
             self._pad(db, PAD_ROWS_PER_ANSWER * len(digests))
             if len(stale) + len(fresh) > BULK_FRACTION * max(len(digests), 1):
                 db.execute("INSERT INTO search_fts (search_fts) VALUES ('optimize')")
+                db.execute("INSERT INTO search_short (search_short) VALUES ('optimize')")
         return True
 
     def _pad(self, db, wanted: int) -> None:
@@ -302,9 +320,12 @@ class SearchIndex:
         have = int(self._meta(db, "padding") or 0)
         if wanted > have:
             db.executemany(INSERT_SQL, [("",) * len(COLUMNS) + (None,)] * (wanted - have))
+            db.executemany(SHORT_INSERT_SQL, [(None, *[""] * len(SHORT_COLUMNS), None)] * (wanted - have))
         elif wanted < have:
             db.execute("DELETE FROM search_fts WHERE rowid IN "
                        "(SELECT rowid FROM search_fts WHERE slug IS NULL LIMIT ?)", (have - wanted,))
+            db.execute("DELETE FROM search_short WHERE rowid IN "
+                       "(SELECT rowid FROM search_short WHERE slug IS NULL LIMIT ?)", (have - wanted,))
         db.execute("INSERT OR REPLACE INTO search_meta VALUES ('padding', ?)", (str(wanted),))
 
     def search(self, query: str, limit: int = 5) -> list[dict]:
@@ -337,6 +358,56 @@ class SearchIndex:
             return []
         return [{"slug": slug, "title": title, "summary": summary, "score": score}
                 for slug, title, summary, score in rows]
+
+    def candidates(self, query, limit: int = 30) -> list[tuple[str, float]]:
+        """The lexical stage of `kb.lookup`: [(slug, score)] of the best BM25 matches, best first.
+
+        `search`'s ranking over the questions and tags (`SHORT_COLUMNS`) and the first
+        `MAX_LEXICAL_TERMS` words of the query: the semantic stage carries recall.
+        """
+        expression = match_expression(" ".join(query_terms(query)[:MAX_LEXICAL_TERMS]))
+        if expression is None or limit <= 0:
+            return []
+        weights = ", ".join(map(str, SHORT_WEIGHTS))
+        question_weights = ", ".join(map(str, SHORT_QUESTION_WEIGHTS))
+        sql = (f"SELECT f.slug, best.score FROM "
+               f"(SELECT rowid, -bm25(search_short, {weights}) - {QUESTION_BOOST} * bm25(search_short, {question_weights})"
+               f" AS score FROM search_short WHERE search_short MATCH ? ORDER BY score DESC LIMIT ?) AS best "
+               f"JOIN search_short AS f ON f.rowid = best.rowid WHERE f.slug IS NOT NULL ORDER BY best.score DESC, f.slug")
+        try:
+            return self.connection().execute(sql, (expression, limit)).fetchall()
+        except sqlite3.Error:
+            log.exception("search failed for the FTS5 query %r", expression[:200])
+            return []
+
+    def static_tables(self) -> dict:
+        """What the static export's search (service/static/search.js) needs to rank exactly as
+        `candidates` does, read from this index: the query rules (stop words, synonyms, spellings,
+        limits), the weights, and per answer the stemmed terms of each short field as FTS5 counted
+        them (search.js stems the query's words with FTS5's Porter rules).
+        """
+        db = self.connection()
+        db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.search_short_terms USING fts5vocab(main, search_short, instance)")
+        slugs = dict(db.execute("SELECT rowid, slug FROM search_short WHERE slug IS NOT NULL"))
+        terms: dict[str, dict] = {slug: {} for slug in slugs.values()}
+        lengths = {slug: [0] * len(SHORT_COLUMNS) for slug in slugs.values()}
+        for term, row, column, _ in db.execute("SELECT term, doc, col, offset FROM temp.search_short_terms"):
+            slug = slugs.get(row)
+            if slug is None:
+                continue
+            c = SHORT_COLUMNS.index(column)
+            counts = terms[slug].setdefault(term, [0] * len(SHORT_COLUMNS))
+            counts[c] += 1
+            lengths[slug][c] += 1
+        rows = db.execute("SELECT count(*) FROM search_short").fetchone()[0]
+        return {
+            "stop_words": sorted(STOP_WORDS), "synonyms": [[list(k), v] for k, v in SYNONYMS.items()],
+            "spellings": SPELLINGS, "ize": IZE_RE.pattern, "max_query_chars": MAX_QUERY_CHARS,
+            "max_terms": MAX_TERMS, "max_term_chars": MAX_TERM_CHARS, "max_lexical_terms": MAX_LEXICAL_TERMS,
+            "weights": SHORT_WEIGHTS, "question_weights": SHORT_QUESTION_WEIGHTS, "question_boost": QUESTION_BOOST,
+            "rows": rows,
+            "answers": {slug: {"terms": terms[slug], "lengths": lengths[slug]} for slug in sorted(terms)},
+        }
 
     def count(self) -> int:
         """The number of answers in the index."""

@@ -27,6 +27,8 @@ from . import evidence as ev
 from .answer import Answer, FormatError, load_answers, parse_answer
 from .checker import check_all, evidence_for
 from .index import SearchIndex
+from .lookup import Lookup
+from .semantic import shared_embedder
 from .render import Rendered, render_answer
 from .runner import Limits, Runner
 from .store import Store
@@ -57,10 +59,13 @@ EMPTY = Snapshot(0, MappingProxyType({}), ())
 
 class Library:
     def __init__(self, answers_dir: str | os.PathLike[str], db_path: str | os.PathLike[str],
-                 limits: Limits | None = None, watch_interval: float = 1.0, run_changed: bool = False) -> None:
+                 limits: Limits | None = None, watch_interval: float = 1.0, run_changed: bool = False,
+                 model_file: str | os.PathLike[str] | None = None) -> None:
         self.answers_dir = Path(answers_dir)
         self.store = Store(db_path)
         self.index = SearchIndex(db_path)
+        # Checks the model file against its pinned hash first: a bad file stops start-up here.
+        self.lookup = Lookup(self.index, db_path, shared_embedder(model_file))
         self.limits = limits or Limits()
         self.watch_interval = watch_interval
         self.snapshot = EMPTY  # replaced, never changed, on every reload
@@ -149,7 +154,7 @@ class Library:
             if files == self._files_seen and not force:
                 return False
             answers, errors = load_answers([self.answers_dir], parse=self._parse_remembered(files))
-            self.index.rebuild(answers.values())
+            self.lookup.rebuild(answers.values())
             self._files_seen = files
             self.snapshot = Snapshot(self.snapshot.generation + 1, MappingProxyType(answers), tuple(errors))
         for error in errors:
@@ -174,8 +179,9 @@ class Library:
         """A figure's SVG from the answer's stored evidence."""
         return self.store.figure(answer.slug, name)
 
-    def search(self, query: str, limit: int = 5) -> list[dict[str, Any]]:
-        return self.index.search(query, limit)
+    def search(self, query: str, limit: int = 5) -> dict[str, Any]:
+        """{"confident", "results"}: the answers best first, each with its best section (kb.lookup)."""
+        return self.lookup.search(query, limit)
 
     def run(self, answer: Answer) -> ev.Evidence:
         """Run the answer now (ignoring the cache) and store the fresh evidence."""

@@ -7,7 +7,8 @@ KB_MAX_RUNS (re-runs at once per process), KB_RUN_MISSING (answers without cache
 start-up: `background`, the default, runs them while the service already answers; `wait` runs
 them before `create_app` returns; `off` leaves them pending),
 KB_RUNS (re-runs on or off), KB_RUN_COOLDOWN (seconds a finished run is returned instead of
-re-running), KB_SECRET_KEY (signs the run form's token; see `guard.py`).
+re-running), KB_SECRET_KEY (signs the run form's token; see `guard.py`),
+KB_MODEL_FILE (the embedding model file; it must match the pinned SHA-256, see kb.semantic).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import threading
 from flask import Flask, g, request
 from flask.json.provider import DefaultJSONProvider
 
+from kb.gaps import Gaps
 from kb.library import Library
 from kb.runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits, clean_up_on_sigterm
 
@@ -39,6 +41,7 @@ DEFAULTS = {
     "KB_RUNS": True,
     "KB_RUN_COOLDOWN": 10.0,
     "KB_SECRET_KEY": "",
+    "KB_MODEL_FILE": "",  # the embedding model; default: the pinned package's file (kb.semantic)
 }
 
 CONDITIONAL = {"HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE"}  # what can turn a 200 into a 304
@@ -86,7 +89,8 @@ def create_app(config: dict | None = None) -> Flask:
         raise ValueError(f"KB_RUN_MISSING must be one of {', '.join(RUN_MISSING)}, not {app.config['KB_RUN_MISSING']!r}")
     app.config["KB_RUN_MISSING"] = run_missing  # background | wait | off, whatever spelling was given
     library = Library(app.config["KB_ANSWERS"], app.config["KB_DB"], limits,
-                      run_changed=run_missing != "off" and not app.config["KB_STATIC"])
+                      run_changed=run_missing != "off" and not app.config["KB_STATIC"],
+                      model_file=app.config["KB_MODEL_FILE"] or None)
     if run_missing == "background":
         _show_progress()
         library.run_missing_in_background()
@@ -94,6 +98,7 @@ def create_app(config: dict | None = None) -> Flask:
         library.run_missing()
     app.extensions["kb"] = library
     app.extensions["kb_responses"] = ResponseCache()  # this app's pages only
+    app.extensions["kb_gaps"] = Gaps(app.config["KB_DB"])
     app.extensions["kb_runs"] = threading.BoundedSemaphore(int(app.config["KB_MAX_RUNS"]))
 
     app.register_blueprint(pages)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import re
 
-from flask import Blueprint, Response, abort, jsonify, request, url_for
+from flask import Blueprint, Response, abort, current_app, jsonify, request, url_for
 
 from kb.render import Html, highlight_python
 
@@ -83,11 +83,20 @@ def search():
     raw_limit = request.args.get("limit", "5")
     if not re.fullmatch("[0-9]{1,2}", raw_limit) or not 1 <= int(raw_limit) <= 50:  # not isdigit(): "²"
         abort(400, "'limit' must be a whole number from 1 to 50.")
-    return jsonify(query=query, results=search_results(query, int(raw_limit)))
+    found = lookup(query, int(raw_limit))
+    return jsonify(query=query, confident=found["confident"], results=found["results"])
 
 
-def search_results(query: str, limit: int) -> list[dict]:
-    return [{**hit, "url": url_for("pages.answer", slug=hit["slug"])} for hit in library().search(query, limit)]
+def lookup(query: str, limit: int) -> dict:
+    """{"confident", "results"}: each result links to its best section; a query without a
+    confident answer is counted in the store's gaps (`python -m kb gaps`)."""
+    found = library().search(query, limit)
+    found["results"] = [{"slug": hit["slug"], "title": hit["title"], "summary": hit["summary"], "score": hit["score"],
+                         "url": url_for("pages.answer", slug=hit["slug"], _anchor=hit["section"]["anchor"] or None),
+                         "section": hit["section"]} for hit in found["results"]]
+    if not found["confident"] and not current_app.config["KB_STATIC"]:
+        current_app.extensions["kb_gaps"].record(query)
+    return found
 
 
 @api.get("/api/openapi.json")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from kb import cli
+from kb.semantic import ModelFileError
 
 from .export import ExportError, build
 
@@ -23,7 +24,7 @@ def add_build(commands) -> dict:
 def cmd_build(args) -> int:
     try:
         pages, errors = build(args.answers, args.db, args.outdir)
-    except ExportError as exc:
+    except (ExportError, ModelFileError) as exc:
         print(f"kb build: {exc}", file=sys.stderr)
         return 2
     for error in errors:

@@ -87,8 +87,10 @@ def build(answers_dir, db_path, outdir) -> tuple[int, list]:
             index = [{"slug": a.slug, "title": a.title, "summary": a.summary, "url": f"answers/{a.slug}.html",
                       "aliases": a.aliases, "tags": a.tags} for a in answers]
             (site / "search-index.json").write_text(json.dumps(index, ensure_ascii=False, indent=1), encoding="utf-8")
-            (site / "search-index.js").write_text(f"window.KB_SEARCH_INDEX = {json.dumps(index, ensure_ascii=False)};\n",
-                                                  encoding="utf-8")
+            # The lexical tables come from kb/index.py, so the browser ranks as the server's lexical stage.
+            tables = json.dumps(library.index.static_tables(), ensure_ascii=False, separators=(",", ":"))
+            (site / "search-index.js").write_text(f"window.KB_SEARCH_INDEX = {json.dumps(index, ensure_ascii=False)};\n"
+                                                  f"window.KB_LEXICAL = {tables};\n", encoding="utf-8")
             (site / MARKER).write_text("Written by `python -m kb build`; the next build replaces this directory.\n")
             site.chmod(0o755)  # mkdtemp makes it private; a site is for serving
             if out.exists():

@@ -87,13 +87,20 @@ SCHEMAS = {
                        "html": {"type": "string"}, "evidence": {"$ref": "#/components/schemas/Evidence"}},
     },
     "SearchResults": {
-        "type": "object", "required": ["query", "results"], "additionalProperties": False,
+        "type": "object", "required": ["query", "confident", "results"], "additionalProperties": False,
         "properties": {
             "query": {"type": "string"},
+            "confident": {"type": "boolean", "description": "Whether the best result's score reaches the confidence "
+                          "threshold; when false the results are still the nearest answers"},
             "results": {"type": "array", "items": {
-                "type": "object", "required": ["slug", "title", "summary", "score", "url"], "additionalProperties": False,
+                "type": "object", "required": ["slug", "title", "summary", "score", "url", "section"],
+                "additionalProperties": False,
                 "properties": {"slug": {"type": "string"}, "title": {"type": "string"}, "summary": {"type": "string"},
-                               "score": {"type": "number"}, "url": {"type": "string"}}}},
+                               "score": {"type": "number", "minimum": 0, "maximum": 1,
+                                         "description": "Calibrated probability that this is the answer asked for"},
+                               "url": {"type": "string", "description": "The answer's page at its best-matching section"},
+                               "section": {"type": "object", "required": ["anchor", "title"], "additionalProperties": False,
+                                           "properties": {"anchor": {"type": "string"}, "title": {"type": "string"}}}}}},
         },
     },
 }
@@ -166,8 +173,9 @@ def spec() -> dict:
                 "operationId": "search",
                 "parameters": [
                     {"name": "q", "in": "query", "required": True,
-                     "schema": {"type": "string", "minLength": 1, "pattern": "\\S"},
-                     "description": "A question in free text (not only whitespace)"},
+                     # at least one character the server does not strip as white space
+                     "schema": {"type": "string", "minLength": 1, "pattern": "[^\\s\\x1c-\\x1f\\x85]"},
+                     "description": "A question in free text"},
                     {"name": "limit", "in": "query", "required": False,
                      "schema": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5}}],
                 "responses": {"200": _json("SearchResults", "Answers best first"), "304": NOT_MODIFIED,

@@ -11,7 +11,7 @@ from kb import evidence as ev
 from kb.render import figure_size, highlight_python, pygments_css, render_inline
 from kb.topics import BY_KEY, TOPICS
 
-from .api import search_results
+from .api import lookup
 from .guard import allow_run, run_or_reuse
 from .knowledge import answer_or_404, answer_response, figure_url, library, snapshot
 from .openapi import spec
@@ -180,9 +180,10 @@ def run(slug):
 @pages.get("/search")
 def search():
     query = request.args.get("q", "").strip()[:500]
-    results = search_results(query, 20) if query else []
+    found = lookup(query, 10) if query else {"confident": False, "results": []}
     alternate = url_for("api.search", q=query) if query else None
-    return render_template("search.html", query=query, results=results, alternate=alternate)
+    return render_template("search.html", query=query, results=found["results"], confident=found["confident"],
+                           alternate=alternate)
 
 
 @pages.get("/tags/<tag>")

@@ -1,0 +1,54 @@
+"""What learners ask that the knowledge base does not answer yet: queries without a confident answer.
+
+Kept in the SQLite store (table `gaps`): the query normalised (case-folded, spaces collapsed,
+cut to `MAX_CHARS`), how often it was asked, when first and last. Nothing about who asked.
+Bounded: entries not asked for `MAX_AGE_DAYS` are dropped, and beyond `MAX_ENTRIES` the least
+asked (then the longest unseen) go. `python -m kb gaps` lists them, most asked first.
+"""
+from __future__ import annotations
+
+import time
+
+from .database import Database
+
+MAX_CHARS = 300
+MAX_ENTRIES = 2000
+MAX_AGE_DAYS = 180
+SCHEMA = ("CREATE TABLE IF NOT EXISTS gaps (query TEXT PRIMARY KEY, count INTEGER NOT NULL, "
+          "first_seen REAL NOT NULL, last_seen REAL NOT NULL)")
+
+
+def normalise(query) -> str:
+    return " ".join(str(query or "").casefold().split())[:MAX_CHARS].strip()
+
+
+class Gaps:
+    def __init__(self, db_path, max_entries: int = MAX_ENTRIES, max_age_days: float = MAX_AGE_DAYS):
+        self.database = Database(db_path)
+        self.max_entries, self.max_age = max_entries, max_age_days * 86400
+        with self.database.write() as db:
+            db.execute(SCHEMA)
+
+    def record(self, query, now: float | None = None) -> None:
+        """Count one more asking of `query` (normalised), then keep the table within its bounds."""
+        text = normalise(query)
+        if not text:
+            return
+        now = time.time() if now is None else now
+        with self.database.write() as db:
+            db.execute("INSERT INTO gaps VALUES (?, 1, ?, ?) ON CONFLICT (query) DO UPDATE "
+                       "SET count = count + 1, last_seen = excluded.last_seen", (text, now, now))
+            db.execute("DELETE FROM gaps WHERE last_seen < ?", (now - self.max_age,))
+            db.execute("DELETE FROM gaps WHERE rowid IN (SELECT rowid FROM gaps ORDER BY count ASC, last_seen ASC "
+                       "LIMIT max(0, (SELECT count(*) FROM gaps) - ?))", (self.max_entries,))
+
+    def list(self, limit: int | None = None) -> list[dict]:
+        """[{query, count, first_seen, last_seen}] most asked first (then most recently asked)."""
+        rows = self.database.connection().execute(
+            "SELECT query, count, first_seen, last_seen FROM gaps ORDER BY count DESC, last_seen DESC, query "
+            "LIMIT ?", (-1 if limit is None else limit,))
+        return [{"query": q, "count": c, "first_seen": _iso(f), "last_seen": _iso(l)} for q, c, f, l in rows]
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))

@@ -1,0 +1,248 @@
+"""Lookup: the answers (and the section of each) that best answer a learner's question.
+
+Two stages. The lexical stage (`kb.index.SearchIndex.candidates`, FTS5 BM25 over the answers'
+questions and tags) finds answers that share the question's words; the semantic stage compares the question's embedding
+(`kb.semantic`) with an embedding of every answer's title, each alias, its summary and each
+section of its body, so a question worded without the answer's vocabulary still finds it.
+
+Each answer gets a few features (best similarity to one of its questions, to its summary, to one
+of its sections, how far it is behind the best answer, and its BM25 score relative to the best
+BM25 score of the query, and how strong that is); a logistic model over them ranks, and a second
+one, over the rank score and the best similarity, gives the score: a calibrated probability, in
+[0, 1], that the answer is the one asked for. The weights and the `CONFIDENT` threshold were fitted on the dev split of `tests/lookup_eval/` with
+`bench/lookup_fit.py` (never on the test split); see the README's search section.
+
+A result names the section that matched best, so a link goes straight to it
+(`/answers/<slug>#<anchor>`); the anchor is the id `kb.render` gives that heading.
+"""
+from __future__ import annotations
+
+import html
+import math
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .answer import split_lines
+from .blocks import Fence, blocks
+from .index import SearchIndex, clean_body
+from .semantic import EmbeddingCache, Embedder
+
+HEADING_RE = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
+LINK_RE = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+INLINE_MARKS_RE = re.compile(r"`+|\*+|(?<!\w)_+|_+(?!\w)|<[^>]+>")
+
+# Fitted by `bench/lookup_fit.py` on the dev split (476 questions over 51 answers: tests/lookup_eval
+# dev and tests/lookup_cases.py; 14 out of scope). The ranking model: intercept, then one weight per
+# feature of `FEATURES`.
+FEATURES = ("question", "summary", "section", "behind", "bm25", "bm25_strength")
+WEIGHTS = (-7.103, 4.359, 0.907, 2.740, -19.768, 4.823, -0.158)
+# The score: intercept, weight of the ranking logit, weight of the best similarity.
+CALIBRATION = (-2.986, 1.060, 5.334)
+# The best result's score at or above which the response is confident. On dev: 5.0% of the
+# in-scope questions fall below it, and 92.9% of the out-of-scope ones.
+CONFIDENT = 0.23
+LEXICAL_CANDIDATES = 30    # answers the lexical stage proposes
+SHORTLIST = 300            # beyond this many answers, the semantic stage compares these text by text
+
+
+@dataclass(frozen=True)
+class Section:
+    anchor: str   # the heading's id on the answer's page ("" for text before the first heading)
+    title: str
+    text: str     # what is embedded: the heading and the section's words
+
+
+def _heading_text(markdown: str) -> str:
+    """A heading's text as the renderer's table of contents sees it (links and marks dropped)."""
+    return html.unescape(INLINE_MARKS_RE.sub("", LINK_RE.sub(r"\1", markdown))).strip()
+
+
+def _slugify(value: str) -> str:
+    """Python-Markdown's toc slugify (kb.render uses it, with "-")."""
+    value = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode("ascii")
+    value = re.sub(r"[^\w\s-]", "", value).strip().lower()
+    return re.sub(r"[-\s]+", "-", value)
+
+
+def _unique(anchor: str, used: set) -> str:
+    if anchor in used or not anchor:
+        count = 1
+        while f"{anchor}_{count}" in used:
+            count += 1
+        anchor = f"{anchor}_{count}"
+    used.add(anchor)
+    return anchor
+
+
+def sections(answer) -> list[Section]:
+    """The answer's body cut at its headings (ATX headings outside code fences), in order."""
+    found: list[tuple[str, str, list[str]]] = []
+    used: set[str] = set()
+    anchor, title, lines = "", answer.title, []
+    for block in blocks(split_lines(answer.body)):  # the one fence lexer: no heading inside code
+        if isinstance(block, Fence):
+            lines += [block.fence + block.info, *block.code, *([block.fence] if block.closed else [])]
+            continue
+        for line in block.lines:
+            heading = HEADING_RE.match(line)
+            if heading:
+                if anchor or any(x.strip() for x in lines):
+                    found.append((anchor, title, lines))
+                title = _heading_text(heading[2])
+                anchor, lines = _unique(_slugify(title), used), []
+            else:
+                lines.append(line)
+    if anchor or any(x.strip() for x in lines):
+        found.append((anchor, title, lines))
+    return [Section(a, t, f"{t}\n{' '.join(clean_body(chr(10).join(body)).split())}") for a, t, body in found]
+
+
+@dataclass
+class _Answer:
+    slug: str
+    title: str
+    summary: str
+
+
+@dataclass
+class _State:
+    entries: list            # _Answer per answer, by slug
+    texts: list              # every embedded text; an answer's texts are contiguous
+    vectors: np.ndarray      # [texts x 384], unit vectors
+    owner: np.ndarray        # the answer (index into entries) of each text
+    kind: np.ndarray         # 0 a question (title or alias), 1 the summary, 2 a section
+    section: list            # the Section of each text (None unless kind 2)
+    position: dict           # slug -> index into entries
+    start: np.ndarray = field(init=False)      # each answer's first text
+    end: np.ndarray = field(init=False)        # and the end of its texts
+    centroids: np.ndarray = field(init=False)  # each answer's texts' mean direction, for the shortlist
+
+    def __post_init__(self):
+        n = len(self.entries)
+        self.start = np.searchsorted(self.owner, np.arange(n), side="left")
+        self.end = np.searchsorted(self.owner, np.arange(n), side="right")
+        self.centroids = np.zeros((n, self.vectors.shape[1]), np.float32)
+        if n:
+            sums = np.add.reduceat(self.vectors, self.start, axis=0)
+            self.centroids = sums / np.clip(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12, None)
+
+
+EMPTY = _State([], [], np.zeros((0, 384), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int8), [], {})
+
+
+class Lookup:
+    """Hybrid lookup over the answers given to `rebuild`; thread-safe for searching."""
+
+    def __init__(self, index: SearchIndex, db_path, embedder: Embedder):
+        self.index = index
+        self.embedder = embedder
+        self.cache = EmbeddingCache(db_path, embedder)
+        self.state = EMPTY
+
+    def rebuild(self, answers) -> None:
+        """Bring the lexical index and the embeddings in step with `answers`: only texts never
+        embedded before are embedded (a restart embeds nothing, an edit only what it changed)."""
+        answers = sorted(answers, key=lambda a: a.slug)
+        self.index.rebuild(answers)
+        entries, texts, owner, kind, section = [], [], [], [], []
+        for i, answer in enumerate(answers):
+            entries.append(_Answer(answer.slug, answer.title, answer.summary))
+            units = [(0, answer.title, None), *((0, alias, None) for alias in answer.aliases),
+                     (1, answer.summary, None), *((2, s.text, s) for s in sections(answer))]
+            for k, text, part in units:
+                texts.append(text)
+                owner.append(i)
+                kind.append(k)
+                section.append(part)
+        embedded = self.embedder.calls
+        self.state = _State(entries, texts, self.cache.vectors(texts), np.array(owner, np.int64),
+                            np.array(kind, np.int8), section, {e.slug: i for i, e in enumerate(entries)})
+        if self.embedder.calls != embedded:   # texts changed: forget the vectors nothing uses now
+            self.cache.prune(texts)
+
+    def features(self, query: str, state: _State | None = None):
+        """The answers considered (indices into entries, ascending), their feature matrix
+        [answers x FEATURES], and for the search: their texts' rows, offsets and similarities.
+
+        Beyond `SHORTLIST` answers, only the `SHORTLIST` whose texts' mean direction is nearest
+        the question, and the lexical stage's candidates, are compared text by text.
+        """
+        state = state or self.state
+        n = len(state.entries)
+        question = self.embedder.query(query)
+        hits = self.index.candidates(query, LEXICAL_CANDIDATES)
+        found = {state.position[slug]: score for slug, score in hits if slug in state.position}
+        if n <= SHORTLIST:
+            chosen = np.arange(n)
+        else:
+            near = np.argpartition(-dot(state.centroids, question), SHORTLIST)[:SHORTLIST]
+            chosen = np.union1d(near, np.fromiter(found, np.int64, len(found)))
+        counts = state.end[chosen] - state.start[chosen]
+        offsets = np.r_[0, np.cumsum(counts)]
+        rows = np.arange(offsets[-1]) - np.repeat(offsets[:-1], counts) + np.repeat(state.start[chosen], counts)
+        similarity = dot(state.vectors[rows] if n > SHORTLIST else state.vectors, question)
+        kinds = state.kind[rows]
+        best = np.stack([np.maximum.reduceat(np.where(kinds == k, similarity, -2.0), offsets[:-1]) for k in range(3)])
+        best[2] = np.where(best[2] < -1.5, best[1], best[2])      # an answer without a body
+        overall = best.max(axis=0)
+        lexical, strength = np.zeros(len(chosen)), np.zeros(len(chosen))
+        for i, answer in enumerate(chosen):
+            if answer in found:
+                lexical[i] = found[answer] / hits[0][1]          # relative to the query's best
+                strength[i] = math.log1p(max(found[answer], 0.0))
+        matrix = np.stack([best[0], best[1], best[2], overall.max() - overall, lexical, strength], axis=1)
+        return chosen, matrix, (rows, offsets, similarity)
+
+    def search(self, query, limit: int = 5) -> dict:
+        """{"confident": bool, "results": [{slug, title, summary, score, section}]}, best first.
+
+        Never raises, whatever the query; the results are the nearest answers even when the
+        best is not confident (then `confident` is false).
+        """
+        if not isinstance(query, str):
+            query = "" if query is None else str(query)
+        # Lone surrogates (which no UTF-8 request carries) would stop the tokenizer.
+        query = query.encode("utf-8", "replace").decode("utf-8").strip()
+        state = self.state
+        if not query or not state.entries or limit <= 0:
+            return {"confident": False, "results": []}
+        chosen, matrix, (rows, offsets, similarity) = self.features(query, state)
+        scores = probability(matrix)
+        limit = min(limit, len(scores))
+        order = np.argpartition(-scores, limit - 1)[:limit]
+        order = order[np.lexsort((order, -scores[order]))]
+        results = []
+        for i in order:
+            entry = state.entries[chosen[i]]
+            span = slice(offsets[i], offsets[i + 1])
+            own = np.flatnonzero(state.kind[rows[span]] == 2)
+            part = (state.section[rows[span][own[np.argmax(similarity[span][own])]]] if own.size
+                    else Section("", entry.title, ""))
+            results.append({"slug": entry.slug, "title": entry.title, "summary": entry.summary,
+                            "score": round(float(scores[i]), 4),
+                            "section": {"anchor": part.anchor, "title": part.title}})
+        return {"confident": bool(results) and results[0]["score"] >= CONFIDENT, "results": results}
+
+
+def dot(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """matrix @ vector on this thread. Not BLAS: its threads spin on after a large product and
+    take the core the next question's embedding needs (measured at 10,000 answers: a look-up
+    took 60 ms with BLAS's threads, 20 ms without)."""
+    return np.einsum("ij,j->i", matrix, vector)
+
+
+def ranking(matrix: np.ndarray, weights=WEIGHTS) -> np.ndarray:
+    """The ranking model's logit per answer (higher is better)."""
+    return weights[0] + matrix.astype(np.float64) @ np.asarray(weights[1:], dtype=np.float64)
+
+
+def probability(matrix: np.ndarray, weights=WEIGHTS, calibration=CALIBRATION) -> np.ndarray:
+    """Each answer's calibrated probability of being the one asked for: a logistic model of its
+    ranking logit and its best similarity to the question (which is what tells a question the
+    knowledge base does not answer: nothing in it is close)."""
+    similarity = matrix[:, :3].max(axis=1).astype(np.float64)
+    logits = calibration[0] + calibration[1] * ranking(matrix, weights) + calibration[2] * similarity
+    return 1 / (1 + np.exp(-np.clip(logits, -30, 30)))

