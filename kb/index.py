@@ -18,8 +18,10 @@ British/American spellings are added, each term is quoted and the terms are OR-e
 that matches only some of them still ranks. The score is BM25 over the whole answer (title and
 aliases weighted most) plus BM25 over its questions alone (title and aliases).
 
-The settings below were chosen by measuring the top-1 rate on `tests/lookup_cases.py`; so was
-what is left out: prefix queries (`"init"*`) cost a look-up or two and are not used.
+This whole-answer ranking is the service's lexical ranker from before the hybrid lookup
+(`kb.lookup`, which uses the short-fields table below as its lexical stage); its settings were
+chosen on the project's own phrasings (`tests/lookup_cases.py`), and prefix queries (`"init"*`)
+are left out: they cost a look-up or two.
 """
 from __future__ import annotations
 
@@ -51,8 +53,8 @@ QUESTION_BOOST = 0.5
 # half the rows or more counts for nothing, which in a small knowledge base silences "sigmoid" or
 # "relu" (in most answers about activations). Empty padding rows (slug NULL, they match nothing)
 # make N five times the number of answers, so every word that is not in every answer keeps a
-# weight. Measured on tests/lookup_cases.py (87 phrasings, 18 answers): top-1 0.69 without
-# padding, 0.87 with it.
+# weight. Measured on tests/lookup_cases.py when it held 87 phrasings over 18 answers: top-1
+# 0.69 without padding, 0.87 with it.
 PAD_ROWS_PER_ANSWER = 4
 TOKENIZE = "porter unicode61 remove_diacritics 2"
 FTS_SQL = (f"CREATE VIRTUAL TABLE search_fts USING fts5({', '.join(COLUMNS)}, slug UNINDEXED, "
@@ -346,7 +348,7 @@ class SearchIndex:
         question_weights = ", ".join(map(str, QUESTION_WEIGHTS))
         # Score every match from the index alone, and read the stored columns of the best few
         # only: reading title and summary for every match was 5x the cost at 1,000 answers.
-        # Padding rows hold only PAD_TOKEN, which no query contains.
+        # Padding rows are empty (slug NULL): they match no query.
         sql = (f"SELECT f.slug, f.title, f.summary, best.score FROM "
                f"(SELECT rowid, -bm25(search_fts, {weights}) - {QUESTION_BOOST} * bm25(search_fts, {question_weights})"
                f" AS score FROM search_fts WHERE search_fts MATCH ? ORDER BY score DESC LIMIT ?) AS best "
