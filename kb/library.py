@@ -60,12 +60,13 @@ EMPTY = Snapshot(0, MappingProxyType({}), ())
 class Library:
     def __init__(self, answers_dir: str | os.PathLike[str], db_path: str | os.PathLike[str],
                  limits: Limits | None = None, watch_interval: float = 1.0, run_changed: bool = False,
-                 model_file: str | os.PathLike[str] | None = None) -> None:
+                 model_file: str | os.PathLike[str] | None = None, embed_in_background: bool = False) -> None:
         self.answers_dir = Path(answers_dir)
         self.store = Store(db_path)
         self.index = SearchIndex(db_path)
         # Checks the model file against its pinned hash first: a bad file stops start-up here.
         self.lookup = Lookup(self.index, db_path, shared_embedder(model_file))
+        self.embed_in_background = embed_in_background
         self.limits = limits or Limits()
         self.watch_interval = watch_interval
         self.snapshot = EMPTY  # replaced, never changed, on every reload
@@ -154,7 +155,10 @@ class Library:
             if files == self._files_seen and not force:
                 return False
             answers, errors = load_answers([self.answers_dir], parse=self._parse_remembered(files))
-            self.lookup.rebuild(answers.values())
+            if self.embed_in_background and self._files_seen is None:  # the first load
+                self.lookup.rebuild_in_background(answers.values())
+            else:
+                self.lookup.rebuild(answers.values())
             self._files_seen = files
             self.snapshot = Snapshot(self.snapshot.generation + 1, MappingProxyType(answers), tuple(errors))
         for error in errors:

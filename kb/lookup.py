@@ -18,8 +18,11 @@ A result names the section that matched best, so a link goes straight to it
 from __future__ import annotations
 
 import html
+import logging
 import math
 import re
+import threading
+import time
 import unicodedata
 from dataclasses import dataclass, field
 
@@ -30,6 +33,8 @@ from .blocks import Fence, blocks
 from .index import SearchIndex, clean_body
 from .semantic import EmbeddingCache, Embedder
 
+log = logging.getLogger(__name__)
+READY_WAIT = 300.0  # seconds a search waits for the first embedding (a fresh database, on a slow machine)
 HEADING_RE = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
 LINK_RE = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 INLINE_MARKS_RE = re.compile(r"`+|\*+|(?<!\w)_+|_+(?!\w)|<[^>]+>")
@@ -141,11 +146,27 @@ class Lookup:
         self.embedder = embedder
         self.cache = EmbeddingCache(db_path, embedder)
         self.state = EMPTY
+        self._rebuilding = threading.Lock()  # one rebuild at a time; the last one started wins
+        self._ready = threading.Event()      # set once the first rebuild has finished
 
     def rebuild(self, answers) -> None:
         """Bring the lexical index and the embeddings in step with `answers`: only texts never
         embedded before are embedded (a restart embeds nothing, an edit only what it changed)."""
-        answers = sorted(answers, key=lambda a: a.slug)
+        with self._rebuilding:
+            self._rebuild(sorted(answers, key=lambda a: a.slug))
+        self._ready.set()
+
+    def rebuild_in_background(self, answers) -> threading.Thread:
+        """`rebuild` off the start-up path: a fresh database embeds every text once (tens of
+        seconds), and the service should answer meanwhile. Searches wait until it is done."""
+        answers = list(answers)
+        self.index.rebuild(answers)  # the lexical stage is ready at once (and cheap)
+        thread = threading.Thread(target=self.rebuild, args=(answers,), name="kb-embed", daemon=True)
+        thread.start()
+        return thread
+
+    def _rebuild(self, answers) -> None:
+        started, embedded = time.monotonic(), self.embedder.calls
         self.index.rebuild(answers)
         entries, texts, owner, kind, section = [], [], [], [], []
         for i, answer in enumerate(answers):
@@ -157,11 +178,11 @@ class Lookup:
                 owner.append(i)
                 kind.append(k)
                 section.append(part)
-        embedded = self.embedder.calls
         self.state = _State(entries, texts, self.cache.vectors(texts), np.array(owner, np.int64),
                             np.array(kind, np.int8), section, {e.slug: i for i, e in enumerate(entries)})
         if self.embedder.calls != embedded:   # texts changed: forget the vectors nothing uses now
             self.cache.prune(texts)
+            log.info("search ready: %d texts embedded in %.1f s", len(texts), time.monotonic() - started)
 
     def features(self, query: str, state: _State | None = None):
         """The answers considered (indices into entries, ascending), their feature matrix
@@ -206,6 +227,7 @@ class Lookup:
             query = "" if query is None else str(query)
         # Lone surrogates (which no UTF-8 request carries) would stop the tokenizer.
         query = query.encode("utf-8", "replace").decode("utf-8").strip()
+        self._ready.wait(READY_WAIT)  # the first embedding of a fresh database may be under way
         state = self.state
         if not query or not state.entries or limit <= 0:
             return {"confident": False, "results": []}
