@@ -13,7 +13,10 @@ import pytest
 from helpers import ROOT
 from kb.answer import load_answers
 from kb.checker import check_all
+from kb.index import SearchIndex
+from kb.lookup import Lookup
 from kb.runner import Runner
+from kb.semantic import shared_embedder
 from kb.store import Store
 from service import create_app
 from service_fixtures import write_small_answers
@@ -33,7 +36,8 @@ def no_kb_settings(monkeypatch):
 
 @pytest.fixture(scope="session")
 def real_evidence(tmp_path_factory) -> Path:
-    """A database holding the evidence of the real answers, run once per test session.
+    """A database holding the evidence of the real answers and the embeddings of their texts,
+    computed once per test session (a fresh database embeds ~700 texts: tens of seconds).
 
     xdist workers share the session's base directory: the first to need it runs the answers under
     a lock, the others wait and reuse the file. Tests copy it (`real_db`); nobody writes to it.
@@ -49,6 +53,7 @@ def real_evidence(tmp_path_factory) -> Path:
             with Runner() as runner:
                 for _ in check_all(answers.values(), runner, Store(path)):
                     pass
+            Lookup(SearchIndex(path), path, shared_embedder()).rebuild(answers.values())
             (shared / "real-answers.done").touch()
     return path
 

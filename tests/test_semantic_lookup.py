@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -45,9 +46,10 @@ SYNTHETIC = [
 
 
 @pytest.fixture(scope="module")
-def real_lookup(tmp_path_factory):
+def real_lookup(tmp_path_factory, real_evidence):
     answers, _ = load_answers([ROOT / "answers"])
     path = tmp_path_factory.mktemp("lookup") / "kb.sqlite3"
+    shutil.copyfile(real_evidence, path)  # the embeddings are computed once per session
     lookup = Lookup(SearchIndex(path), path, shared_embedder())
     lookup.rebuild(answers.values())
     return lookup, answers

@@ -29,8 +29,9 @@ QUERIES = [q for q, _ in CASES] + [
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, real_evidence):
     work = tmp_path_factory.mktemp("static")
+    shutil.copyfile(real_evidence, work / "kb.sqlite3")  # evidence and embeddings already computed
     built = run_cli("build", work / "site", "--answers", ROOT / "answers", "--db", work / "kb.sqlite3", cwd=work, timeout=600)
     assert built.returncode == 0, built.stderr
     with sync_playwright() as p:
