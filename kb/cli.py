@@ -10,6 +10,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from . import evidence as ev
 from .answer import load_answers
@@ -20,11 +22,19 @@ from .store import Store
 
 DEFAULT_DB = os.environ.get("KB_DB", ".kb/kb.sqlite3")
 DEFAULT_ANSWERS = os.environ.get("KB_ANSWERS", "answers")
+Number = TypeVar("Number", int, float)
+Command = Callable[[argparse.Namespace], int]
 
 
-def positive(kind):
+class Commands(Protocol):
+    """What `main` hands an extension: the sub-command parsers (`ArgumentParser.add_subparsers()`)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
+
+
+def positive(kind: type[Number]) -> Callable[[str], Number]:
     """An argparse type: a number of `kind` above zero (a zero timeout would time out everything)."""
-    def parse(text: str):
+    def parse(text: str) -> Number:
         try:
             value = kind(text)
         except ValueError:
@@ -36,7 +46,8 @@ def positive(kind):
     return parse
 
 
-def main(argv=None, extensions=()) -> int:
+def main(argv: Sequence[str] | None = None,
+         extensions: Iterable[Callable[[Commands], Mapping[str, Command]]] = ()) -> int:
     """Parse and run a command. Each extension adds sub-commands: `extend(commands) -> {name: run}`."""
     parser = argparse.ArgumentParser(prog="kb", description="Executable answers about neural-network fundamentals.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -62,14 +73,14 @@ def main(argv=None, extensions=()) -> int:
     gaps.add_argument("--json", action="store_true", help="print the list as JSON")
     gaps.add_argument("--db", default=DEFAULT_DB, help=f"SQLite store of the service (default: {DEFAULT_DB})")
     gaps.add_argument("--limit", type=positive(int), default=None, help="show at most this many")
-    run = {"check": cmd_check, "new": cmd_new, "lint": cmd_lint, "gaps": cmd_gaps}
+    run: dict[str, Command] = {"check": cmd_check, "new": cmd_new, "lint": cmd_lint, "gaps": cmd_gaps}
     for extend in extensions:
         run.update(extend(commands))
     args = parser.parse_args(argv)
     return run[args.command](args)
 
 
-def cmd_gaps(args) -> int:
+def cmd_gaps(args: argparse.Namespace) -> int:
     from .gaps import Gaps
 
     entries = Gaps(args.db).list(args.limit)
@@ -83,7 +94,7 @@ def cmd_gaps(args) -> int:
     return 0
 
 
-def cmd_new(args) -> int:
+def cmd_new(args: argparse.Namespace) -> int:
     try:
         path = new_answer(args.question, args.dir)
     except (ValueError, FileExistsError) as exc:
@@ -93,7 +104,7 @@ def cmd_new(args) -> int:
     return 0
 
 
-def cmd_lint(args) -> int:
+def cmd_lint(args: argparse.Namespace) -> int:
     answers, errors = load_answers(args.paths or [DEFAULT_ANSWERS])
     with Runner() as runner:
         evidence = {a.slug: e for a, e, _ in check_all(answers.values(), runner, Store(args.db))}
@@ -104,7 +115,7 @@ def cmd_lint(args) -> int:
     return 1 if problems else 0
 
 
-def cmd_check(args) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     answers, errors = load_answers(args.paths or [DEFAULT_ANSWERS])
     report = sys.stderr if args.json else sys.stdout
     for error in errors:

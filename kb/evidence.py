@@ -15,16 +15,21 @@ import math
 import platform
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import numpy
+
+from .answer import Answer, Snippet
+
+if TYPE_CHECKING:
+    from .runner import Limits
 
 
 class Check(TypedDict):
     claim: str
     passed: bool
-    value: str
-    line: int
+    value: str | None  # None: `check` was given no value
+    line: int | None  # None: called where no frame of the answer is on the stack (another thread)
 
 
 class Error(TypedDict):
@@ -70,11 +75,11 @@ STATUS_ORDER = ("timeout", "error", "failed", "passed")
 INTERNAL = {"key", "limits"}  # stored with the evidence, not part of its public shape
 
 
-def environment() -> dict:
+def environment() -> dict[str, str]:
     return {"python": platform.python_version(), "numpy": numpy.__version__}
 
 
-def cache_key(answer) -> str:
+def cache_key(answer: Answer) -> str:
     """Hash of what decides a run's outcome: the code, the interpreter, NumPy, the runner.
 
     Prose, titles and line numbers are not part of it, so editing prose never re-runs code.
@@ -83,7 +88,7 @@ def cache_key(answer) -> str:
 
 
 @functools.lru_cache(maxsize=8192)
-def _key(snippets: tuple) -> str:
+def _key(snippets: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
     material = {"runner": RUNNER_VERSION, "env": environment(), "snippets": snippets}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
@@ -98,27 +103,27 @@ def answer_status(snippets: list[SnippetEvidence]) -> str:
     return next((status for status in STATUS_ORDER[:-1] if status in seen), "passed")
 
 
-def pending(answer) -> Evidence:
+def pending(answer: Answer) -> Evidence:
     """Evidence for an answer that has not run yet."""
     return {"slug": answer.slug, "status": "pending", "ran_at": None, "duration_ms": None,
             "environment": environment(), "snippets": []}
 
 
-def record(answer, snippets: list[SnippetEvidence], duration_ms: float, limits: dict[str, float]) -> Evidence:
+def record(answer: Answer, snippets: list[SnippetEvidence], duration_ms: float, limits: dict[str, float]) -> Evidence:
     """The evidence of a run that just finished, as the runner stores it."""
     return {"slug": answer.slug, "status": answer_status(snippets), "ran_at": now(),
             "duration_ms": round(duration_ms, 3), "environment": environment(), "snippets": snippets,
             "key": cache_key(answer), "limits": limits}
 
 
-def unreached(snippet, status: str, error: Error | None = None) -> SnippetEvidence:
+def unreached(snippet: Snippet, status: str, error: Error | None = None) -> SnippetEvidence:
     """The record of a snippet that produced no result of its own (norun, skipped, cut short)."""
     return {"index": snippet.index, "line": snippet.line, "code": snippet.code, "status": status,
             "stdout": "", "stderr": "", "truncated": False, "duration_ms": 0.0, "error": error,
             "figures": [], "checks": []}
 
 
-def rebase(evidence: Evidence, answer) -> Evidence:
+def rebase(evidence: Evidence, answer: Answer) -> Evidence:
     """Move the line numbers of cached evidence to where the snippets are now.
 
     The cache key ignores prose, so prose edited above a snippet shifts its lines without a re-run.
@@ -131,7 +136,8 @@ def rebase(evidence: Evidence, answer) -> Evidence:
         shift = current.line - snippet["line"]
         snippet["line"] = current.line
         for check in snippet["checks"]:
-            check["line"] += shift
+            if check["line"] is not None:
+                check["line"] += shift
         error = snippet["error"]
         if error and error["line"]:
             error["line"] += shift
@@ -147,7 +153,7 @@ def checks_count(evidence: Evidence) -> tuple[int, int]:
 RAN = {"passed", "failed", "error", "timeout"}
 
 
-def counts(evidence: Evidence, answer: Any = None) -> dict[str, int]:
+def counts(evidence: Evidence, answer: Answer | None = None) -> dict[str, int]:
     """How far the run got: snippets run of those that run, checks run and held, checks not reached.
 
     A snippet that raises stops the answer, so "0/1 checks" would hide the checks it never got
@@ -201,7 +207,7 @@ def check_lines(code: str) -> tuple[int, ...]:
                         and isinstance(node.func, ast.Name) and node.func.id == "check"))
 
 
-def cut_short(evidence: Evidence, limits: Any) -> bool:
+def cut_short(evidence: Evidence, limits: Limits) -> bool:
     """True if a limit stopped this evidence and has been raised since: it should run again.
 
     The cache key leaves the limits out (changing a limit must not re-run every answer), so an
@@ -218,7 +224,7 @@ def cut_short(evidence: Evidence, limits: Any) -> bool:
             or (limits.output > ran_with["output"] and any(s["truncated"] for s in snippets)))
 
 
-def public(evidence: Evidence, figure_url: Callable[[str, str], str], answer: Any = None) -> dict[str, Any]:
+def public(evidence: Evidence, figure_url: Callable[[str, str], str], answer: Answer | None = None) -> dict[str, Any]:
     """The contract's JSON shape: figures become URLs, non-finite floats become null; plus `counts`."""
     out = {k: v for k, v in evidence.items() if k not in INTERNAL}
     tally = counts(evidence, answer)
@@ -228,7 +234,8 @@ def public(evidence: Evidence, figure_url: Callable[[str, str], str], answer: An
          "figure_alts": [f["alt"] for f in s["figures"]]}
         for s in evidence["snippets"]
     ]
-    return _finite(out)
+    finite: dict[str, Any] = _finite(out)
+    return finite
 
 
 def _finite(value: Any) -> Any:

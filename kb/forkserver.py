@@ -30,6 +30,13 @@ import struct
 import sys
 import time
 import traceback
+from types import FrameType, ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .evidence import Error
 
 HEADER = struct.Struct("!I")
 # Spare children kept forked and warmed. With one, a run that follows another at once waits for
@@ -43,12 +50,12 @@ PROCESSES = 64  # processes and threads beyond what the user runs already (RLIMI
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
 
 
-def send_frame(sock: socket.socket, message: dict) -> None:
+def send_frame(sock: socket.socket, message: dict[str, Any]) -> None:
     data = json.dumps(message).encode()
     sock.sendall(HEADER.pack(len(data)) + data)
 
 
-def recv_frame(sock: socket.socket) -> dict | None:
+def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
     """One message, or None when the peer closed the connection."""
     header = _recv_exact(sock, HEADER.size)
     if header is None:
@@ -96,7 +103,7 @@ class CappedText(io.TextIOBase):
         return "".join(self.parts)
 
 
-def show(value) -> str | None:
+def show(value: object) -> str | None:
     """A short, readable rendering of a computed value for the page."""
     import numpy as np
 
@@ -137,11 +144,11 @@ def _run_answer(conn: socket.socket) -> None:
     np.random.seed(request["seed"])
     random.seed(request["seed"])
     path = request["path"]
-    checks: list[dict] = []
+    checks: list[dict[str, Any]] = []
 
-    def check(claim, condition, value=None):
+    def check(claim: object, condition: object, value: object = None) -> bool:
         """Record a named piece of evidence; a failing check fails the answer, not the snippet's run."""
-        frame = sys._getframe(1)
+        frame: FrameType | None = sys._getframe(1)
         while frame is not None and frame.f_code.co_filename != path:
             frame = frame.f_back
         checks.append({"claim": str(claim), "passed": bool(condition), "value": show(value),
@@ -161,7 +168,8 @@ def _run_answer(conn: socket.socket) -> None:
     send_frame(conn, {"done": True})
 
 
-def _run_snippet(snippet: dict, namespace: dict, path: str, limits: dict, plt) -> dict:
+def _run_snippet(snippet: dict[str, Any], namespace: dict[str, Any], path: str, limits: dict[str, Any],
+                 plt: ModuleType) -> dict[str, Any]:
     stdout, stderr = CappedText(limits["output"]), CappedText(limits["output"])
     error = None
     # Pad so that line numbers in tracebacks are line numbers in the .md file.
@@ -196,7 +204,7 @@ def _run_snippet(snippet: dict, namespace: dict, path: str, limits: dict, plt) -
     }
 
 
-def _describe(exc: BaseException, path: str, limits: dict) -> dict:
+def _describe(exc: BaseException, path: str, limits: dict[str, Any]) -> Error:
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
     message = str(exc)
     if isinstance(exc, MemoryError):
@@ -209,10 +217,11 @@ def _describe(exc: BaseException, path: str, limits: dict) -> dict:
     return {"type": type(exc).__name__, "message": message, "line": line, "traceback": text[-8000:]}
 
 
-def _alt_text(figure) -> str:
+def _alt_text(figure: Figure) -> str:
     """A figure's alt text: its label, else its suptitle, else its axes' titles."""
-    if figure.get_label():
-        return figure.get_label()
+    label = figure.get_label()  # typed `object`; matplotlib stores a label as str
+    if label:
+        return str(label)
     if figure.get_suptitle():
         return figure.get_suptitle()
     return "; ".join(ax.get_title() for ax in figure.axes if ax.get_title())
@@ -258,10 +267,12 @@ def serve(socket_path: str) -> None:
     selector.register(wake_r, selectors.EVENT_READ, "reap")
     selector.register(sys.stdin, selectors.EVENT_READ, "stdin")
     children: dict[int, socket.socket | None] = {}  # pid -> the connection it took (None: a spare)
-    inherited = lambda: [control.fileno(), wake_r, wake_w, selector.fileno(), sys.stdin.fileno(),  # noqa: E731
-                         *(c.fileno() for c in children.values() if c is not None)]
 
-    def top_up():
+    def inherited() -> list[int]:
+        return [control.fileno(), wake_r, wake_w, selector.fileno(), sys.stdin.fileno(),
+                *(c.fileno() for c in children.values() if c is not None)]
+
+    def top_up() -> None:
         while sum(conn is None for conn in children.values()) < SPARES:
             children[_fork_spare(listener, child_control, inherited())] = None
 
@@ -282,7 +293,7 @@ def serve(socket_path: str) -> None:
             top_up()
 
 
-def _kill_children(children: dict) -> None:
+def _kill_children(children: dict[int, socket.socket | None]) -> None:
     """Kill every child's process group: the spare, running answers and what they started.
 
     The server's parent has gone (closed, or killed with `kill -9`); the server has a session
@@ -300,7 +311,7 @@ def _kill_children(children: dict) -> None:
             pass
 
 
-def _kill_orphans(children: dict) -> None:
+def _kill_orphans(children: dict[int, socket.socket | None]) -> None:
     """Kill the processes reparented to the server, with their groups, until none is left.
 
     Each child is itself a subreaper, so a process comes back here only when the child whose run
@@ -336,7 +347,7 @@ def _children_of(pid: int) -> list[int]:
         return []
 
 
-def _take_connections(control: socket.socket, children: dict) -> None:
+def _take_connections(control: socket.socket, children: dict[int, socket.socket | None]) -> None:
     """Record the connections spares took: they are spares no longer."""
     while True:
         try:
@@ -346,14 +357,14 @@ def _take_connections(control: socket.socket, children: dict) -> None:
         children[int(message)] = socket.socket(fileno=fds[0])
 
 
-def _fork_spare(listener, control, close_fds) -> int:
+def _fork_spare(listener: socket.socket, control: socket.socket, close_fds: list[int]) -> int:
     pid = os.fork()
     if pid == 0:
         _child(listener, control, close_fds, os.getppid())
     return pid
 
 
-def _child(listener, control, close_fds, server_pid) -> None:
+def _child(listener: socket.socket, control: socket.socket, close_fds: list[int], server_pid: int) -> None:
     """Wait for one connection, run that answer, exit; never returns."""
     code = 0
     try:
@@ -446,8 +457,8 @@ def _read_only_answers(answers: str, workdir: str) -> bool:
     if libc.unshare(CLONE_NEWNS) != 0 or libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
         return False
     target = answers.encode()
-    return (libc.mount(target, target, None, MS_BIND | MS_REC, None) == 0
-            and libc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None) == 0)
+    return bool(libc.mount(target, target, None, MS_BIND | MS_REC, None) == 0
+                and libc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None) == 0)
 
 
 def _prctl(option: int, value: int) -> None:
@@ -464,7 +475,7 @@ def _die_with_parent(server_pid: int) -> None:
         os._exit(0)
 
 
-def _reap(children: dict, control: socket.socket) -> None:
+def _reap(children: dict[int, socket.socket | None], control: socket.socket) -> None:
     """Report exited children's status to their clients."""
     while children:
         try:

@@ -7,7 +7,9 @@ asked (then the longest unseen) go. `python -m kb gaps` lists them, most asked f
 """
 from __future__ import annotations
 
+import os
 import time
+from typing import TypedDict
 
 from .database import Database
 
@@ -18,18 +20,26 @@ SCHEMA = ("CREATE TABLE IF NOT EXISTS gaps (query TEXT PRIMARY KEY, count INTEGE
           "first_seen REAL NOT NULL, last_seen REAL NOT NULL)")
 
 
-def normalise(query) -> str:
+class Gap(TypedDict):
+    query: str
+    count: int
+    first_seen: str  # ISO 8601, UTC
+    last_seen: str
+
+
+def normalise(query: object) -> str:
     return " ".join(str(query or "").casefold().split())[:MAX_CHARS].strip()
 
 
 class Gaps:
-    def __init__(self, db_path, max_entries: int = MAX_ENTRIES, max_age_days: float = MAX_AGE_DAYS):
+    def __init__(self, db_path: str | os.PathLike[str], max_entries: int = MAX_ENTRIES,
+                 max_age_days: float = MAX_AGE_DAYS) -> None:
         self.database = Database(db_path)
         self.max_entries, self.max_age = max_entries, max_age_days * 86400
         with self.database.write() as db:
             db.execute(SCHEMA)
 
-    def record(self, query, now: float | None = None) -> None:
+    def record(self, query: object, now: float | None = None) -> None:
         """Count one more asking of `query` (normalised), then keep the table within its bounds."""
         text = normalise(query)
         if not text:
@@ -42,7 +52,7 @@ class Gaps:
             db.execute("DELETE FROM gaps WHERE rowid IN (SELECT rowid FROM gaps ORDER BY count ASC, last_seen ASC "
                        "LIMIT max(0, (SELECT count(*) FROM gaps) - ?))", (self.max_entries,))
 
-    def list(self, limit: int | None = None) -> list[dict]:
+    def list(self, limit: int | None = None) -> list[Gap]:
         """[{query, count, first_seen, last_seen}] most asked first (then most recently asked)."""
         rows = self.database.connection().execute(
             "SELECT query, count, first_seen, last_seen FROM gaps ORDER BY count DESC, last_seen DESC, query "

@@ -28,10 +28,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import sqlite3
+from collections.abc import Iterable
+from typing import Any
 
-from .answer import split_lines
+from .answer import Answer, split_lines
 from .blocks import Prose, blocks
 from .database import Database
 
@@ -145,10 +148,10 @@ def clean_body(markdown: str) -> str:
     `dZ`, `rng` would make every answer look alike. (Measured: keeping all code, none, or only
     comments and strings changes the look-up rate by about one phrasing in 80.)
     """
-    def code(text):
+    def code(text: str) -> str:
         return "\n".join(COMMENT_RE.findall(text) + [s[1] for s in STRING_RE.findall(text)]) + "\n"
 
-    def command(match):
+    def command(match: re.Match[str]) -> str:
         name = match.group(1)
         if name in LATEX_LAYOUT:
             return " "
@@ -160,13 +163,13 @@ def clean_body(markdown: str) -> str:
     return LINK_TARGET_RE.sub("]", text)
 
 
-def document(answer) -> tuple[str, ...]:
+def document(answer: Answer) -> tuple[str, ...]:
     """The row indexed for an answer: the columns of `COLUMNS`, then the slug."""
     return (answer.title, "\n".join(answer.aliases), answer.summary,
             "\n".join(answer.tags), clean_body(answer.body), answer.slug)
 
 
-def digest(answer) -> str:
+def digest(answer: Answer) -> str:
     """A digest of what is indexed of an answer: equal digests, nothing to re-index.
 
     It covers the fields as written, not as cleaned, so that an unchanged answer is recognised
@@ -201,14 +204,14 @@ def _spellings(word: str) -> list[str]:
     return out
 
 
-def query_terms(query) -> list[str]:
+def query_terms(query: object) -> list[str]:
     """The words of a free-text query worth searching for, lowercased, with synonyms, in order."""
     if not isinstance(query, str):
         query = "" if query is None else str(query)
     words = WORD_RE.findall(query[:MAX_QUERY_CHARS].casefold())
     terms: list[str] = []
 
-    def add(word):
+    def add(word: str) -> None:
         if (word not in STOP_WORDS and len(word) <= MAX_TERM_CHARS and word not in terms
                 and len(terms) < MAX_TERMS):
             terms.append(word)
@@ -221,7 +224,7 @@ def query_terms(query) -> list[str]:
     return terms
 
 
-def match_expression(query) -> str | None:
+def match_expression(query: object) -> str | None:
     """A safe FTS5 query for free text: each term quoted (plus spelling variants), OR-ed.
 
     Every term is a quoted FTS5 string, so nothing the learner types (quotes, parentheses,
@@ -243,7 +246,7 @@ def match_expression(query) -> str | None:
 class SearchIndex:
     """The FTS5 index of the answers, in the SQLite file at `db_path` (shared with `Store`)."""
 
-    def __init__(self, db_path):
+    def __init__(self, db_path: str | os.PathLike[str]) -> None:
         self.database = Database(db_path)
         self.connection = self.database.connection
         if not self._schema_current(self.connection()):
@@ -258,10 +261,10 @@ class SearchIndex:
             return None
         return row[0] if row else None
 
-    def _schema_current(self, db) -> bool:
+    def _schema_current(self, db: sqlite3.Connection) -> bool:
         return self._meta(db, "schema") == SCHEMA_ID
 
-    def _ensure_schema(self, db) -> None:
+    def _ensure_schema(self, db: sqlite3.Connection) -> None:
         """Inside a write transaction: (re)create the tables if they are missing or outdated."""
         if self._schema_current(db):
             return
@@ -277,13 +280,13 @@ class SearchIndex:
         db.execute("INSERT INTO search_meta VALUES ('padding', '0')")
 
     @staticmethod
-    def _indexed(db) -> dict[str, str]:
+    def _indexed(db: sqlite3.Connection) -> dict[str, str]:
         try:
             return dict(db.execute("SELECT slug, digest FROM search_docs"))
         except sqlite3.OperationalError:        # no such table: a new or outdated file
             return {}
 
-    def rebuild(self, answers) -> bool:
+    def rebuild(self, answers: Iterable[Answer]) -> bool:
         """Make the index hold exactly these answers; True if anything had to change.
 
         Only answers added, edited (in an indexed field) or removed since the last call are
@@ -317,7 +320,7 @@ class SearchIndex:
                 db.execute("INSERT INTO search_short (search_short) VALUES ('optimize')")
         return True
 
-    def _pad(self, db, wanted: int) -> None:
+    def _pad(self, db: sqlite3.Connection, wanted: int) -> None:
         """Keep `wanted` empty padding rows (see `PAD_ROWS_PER_ANSWER`)."""
         have = int(self._meta(db, "padding") or 0)
         if wanted > have:
@@ -330,7 +333,7 @@ class SearchIndex:
                        "(SELECT rowid FROM search_short WHERE slug IS NULL LIMIT ?)", (have - wanted,))
         db.execute("INSERT OR REPLACE INTO search_meta VALUES ('padding', ?)", (str(wanted),))
 
-    def search(self, query: str, limit: int = 5) -> list[dict]:
+    def search(self, query: str, limit: int = 5) -> list[dict[str, Any]]:
         """The best answers for free text, best first: [{"slug", "title", "summary", "score"}].
 
         `score` is positive, higher is better: BM25 over the whole answer plus BM25 over its
@@ -361,7 +364,7 @@ class SearchIndex:
         return [{"slug": slug, "title": title, "summary": summary, "score": score}
                 for slug, title, summary, score in rows]
 
-    def candidates(self, query, limit: int = 30) -> list[tuple[str, float]]:
+    def candidates(self, query: str, limit: int = 30) -> list[tuple[str, float]]:
         """The lexical stage of `kb.lookup`: [(slug, score)] of the best BM25 matches, best first.
 
         `search`'s ranking over the questions and tags (`SHORT_COLUMNS`) and the first
@@ -382,7 +385,7 @@ class SearchIndex:
             log.exception("search failed for the FTS5 query %r", expression[:200])
             return []
 
-    def static_tables(self) -> dict:
+    def static_tables(self) -> dict[str, Any]:
         """What the static export's search (service/static/search.js) needs to rank exactly as
         `candidates` does, read from this index: the query rules (stop words, synonyms, spellings,
         limits), the weights, and per answer the stemmed terms of each short field as FTS5 counted
@@ -391,7 +394,7 @@ class SearchIndex:
         db = self.connection()
         db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.search_short_terms USING fts5vocab(main, search_short, instance)")
         slugs = dict(db.execute("SELECT rowid, slug FROM search_short WHERE slug IS NOT NULL"))
-        terms: dict[str, dict] = {slug: {} for slug in slugs.values()}
+        terms: dict[str, dict[str, list[int]]] = {slug: {} for slug in slugs.values()}
         lengths = {slug: [0] * len(SHORT_COLUMNS) for slug in slugs.values()}
         for term, row, column, _ in db.execute("SELECT term, doc, col, offset FROM temp.search_short_terms"):
             slug = slugs.get(row)
@@ -414,6 +417,7 @@ class SearchIndex:
     def count(self) -> int:
         """The number of answers in the index."""
         try:
-            return self.connection().execute("SELECT count(*) FROM search_docs").fetchone()[0]
+            count: int = self.connection().execute("SELECT count(*) FROM search_docs").fetchone()[0]
+            return count
         except sqlite3.OperationalError:
             return 0

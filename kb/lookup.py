@@ -20,15 +20,19 @@ from __future__ import annotations
 import html
 import logging
 import math
+import os
 import re
 import threading
 import time
 import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from .answer import split_lines
+from .answer import Answer, split_lines
 from .blocks import Fence, blocks
 from .index import SearchIndex, clean_body
 from .semantic import EmbeddingCache, Embedder
@@ -72,7 +76,7 @@ def _slugify(value: str) -> str:
     return re.sub(r"[-\s]+", "-", value)
 
 
-def _unique(anchor: str, used: set) -> str:
+def _unique(anchor: str, used: set[str]) -> str:
     if anchor in used or not anchor:
         count = 1
         while f"{anchor}_{count}" in used:
@@ -82,7 +86,7 @@ def _unique(anchor: str, used: set) -> str:
     return anchor
 
 
-def sections(answer) -> list[Section]:
+def sections(answer: Answer) -> list[Section]:
     """The answer's body cut at its headings (ATX headings outside code fences), in order."""
     found: list[tuple[str, str, list[str]]] = []
     used: set[str] = set()
@@ -114,18 +118,18 @@ class _Answer:
 
 @dataclass
 class _State:
-    entries: list            # _Answer per answer, by slug
-    texts: list              # every embedded text; an answer's texts are contiguous
-    vectors: np.ndarray      # [texts x 384], unit vectors
-    owner: np.ndarray        # the answer (index into entries) of each text
-    kind: np.ndarray         # 0 a question (title or alias), 1 the summary, 2 a section
-    section: list            # the Section of each text (None unless kind 2)
-    position: dict           # slug -> index into entries
-    start: np.ndarray = field(init=False)      # each answer's first text
-    end: np.ndarray = field(init=False)        # and the end of its texts
-    centroids: np.ndarray = field(init=False)  # each answer's texts' mean direction, for the shortlist
+    entries: list[_Answer]             # by slug
+    texts: list[str]                   # every embedded text; an answer's texts are contiguous
+    vectors: npt.NDArray[np.float32]   # [texts x 384], unit vectors
+    owner: npt.NDArray[np.int64]       # the answer (index into entries) of each text
+    kind: npt.NDArray[np.int8]         # 0 a question (title or alias), 1 the summary, 2 a section
+    section: list[Section | None]      # the Section of each text (None unless kind 2)
+    position: dict[str, int]           # slug -> index into entries
+    start: npt.NDArray[np.intp] = field(init=False)         # each answer's first text
+    end: npt.NDArray[np.intp] = field(init=False)           # and the end of its texts
+    centroids: npt.NDArray[np.float32] = field(init=False)  # each answer's texts' mean direction, for the shortlist
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         n = len(self.entries)
         self.start = np.searchsorted(self.owner, np.arange(n), side="left")
         self.end = np.searchsorted(self.owner, np.arange(n), side="right")
@@ -141,7 +145,7 @@ EMPTY = _State([], [], np.zeros((0, 384), np.float32), np.zeros(0, np.int64), np
 class Lookup:
     """Hybrid lookup over the answers given to `rebuild`; thread-safe for searching."""
 
-    def __init__(self, index: SearchIndex, db_path, embedder: Embedder):
+    def __init__(self, index: SearchIndex, db_path: str | os.PathLike[str], embedder: Embedder) -> None:
         self.index = index
         self.embedder = embedder
         self.cache = EmbeddingCache(db_path, embedder)
@@ -149,14 +153,14 @@ class Lookup:
         self._rebuilding = threading.Lock()  # one rebuild at a time; the last one started wins
         self._ready = threading.Event()      # set once the first rebuild has finished
 
-    def rebuild(self, answers) -> None:
+    def rebuild(self, answers: Iterable[Answer]) -> None:
         """Bring the lexical index and the embeddings in step with `answers`: only texts never
         embedded before are embedded (a restart embeds nothing, an edit only what it changed)."""
         with self._rebuilding:
             self._rebuild(sorted(answers, key=lambda a: a.slug))
         self._ready.set()
 
-    def rebuild_in_background(self, answers) -> threading.Thread:
+    def rebuild_in_background(self, answers: Iterable[Answer]) -> threading.Thread:
         """`rebuild` off the start-up path: a fresh database embeds every text once (tens of
         seconds), and the service should answer meanwhile. Searches wait until it is done."""
         answers = list(answers)
@@ -165,7 +169,7 @@ class Lookup:
         thread.start()
         return thread
 
-    def _rebuild(self, answers) -> None:
+    def _rebuild(self, answers: list[Answer]) -> None:
         started, embedded = time.monotonic(), self.embedder.calls
         self.index.rebuild(answers)
         entries, texts, owner, kind, section = [], [], [], [], []
@@ -184,7 +188,8 @@ class Lookup:
             self.cache.prune(texts)
             log.info("search ready: %d texts embedded in %.1f s", len(texts), time.monotonic() - started)
 
-    def features(self, query: str, state: _State | None = None):
+    def features(self, query: str, state: _State | None = None
+                 ) -> tuple[np.ndarray, npt.NDArray[np.float64], tuple[np.ndarray, np.ndarray, npt.NDArray[np.float32]]]:
         """The answers considered (indices into entries, ascending), their feature matrix
         [answers x FEATURES], and for the search: their texts' rows, offsets and similarities.
 
@@ -210,14 +215,14 @@ class Lookup:
         best[2] = np.where(best[2] < -1.5, best[1], best[2])      # an answer without a body
         overall = best.max(axis=0)
         lexical, strength = np.zeros(len(chosen)), np.zeros(len(chosen))
-        for i, answer in enumerate(chosen):
+        for i, answer in enumerate(map(int, chosen)):
             if answer in found:
                 lexical[i] = found[answer] / hits[0][1]          # relative to the query's best
                 strength[i] = math.log1p(max(found[answer], 0.0))
         matrix = np.stack([best[0], best[1], best[2], overall.max() - overall, lexical, strength], axis=1)
         return chosen, matrix, (rows, offsets, similarity)
 
-    def search(self, query, limit: int = 5) -> dict:
+    def search(self, query: object, limit: int = 5) -> dict[str, Any]:
         """{"confident": bool, "results": [{slug, title, summary, score, section}]}, best first.
 
         Never raises, whatever the query; the results are the nearest answers even when the
@@ -249,22 +254,26 @@ class Lookup:
         return {"confident": bool(results) and results[0]["score"] >= CONFIDENT, "results": results}
 
 
-def dot(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+def dot(matrix: npt.NDArray[np.float32], vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """matrix @ vector on this thread. Not BLAS: its threads spin on after a large product and
     take the core the next question's embedding needs (measured at 10,000 answers: a look-up
     took 60 ms with BLAS's threads, 20 ms without)."""
-    return np.einsum("ij,j->i", matrix, vector)
+    product: npt.NDArray[np.float32] = np.einsum("ij,j->i", matrix, vector)
+    return product
 
 
-def ranking(matrix: np.ndarray, weights=WEIGHTS) -> np.ndarray:
+def ranking(matrix: np.ndarray, weights: Sequence[float] = WEIGHTS) -> npt.NDArray[np.float64]:
     """The ranking model's logit per answer (higher is better)."""
-    return weights[0] + matrix.astype(np.float64) @ np.asarray(weights[1:], dtype=np.float64)
+    logits: npt.NDArray[np.float64] = weights[0] + matrix.astype(np.float64) @ np.asarray(weights[1:], dtype=np.float64)
+    return logits
 
 
-def probability(matrix: np.ndarray, weights=WEIGHTS, calibration=CALIBRATION) -> np.ndarray:
+def probability(matrix: np.ndarray, weights: Sequence[float] = WEIGHTS,
+                calibration: Sequence[float] = CALIBRATION) -> npt.NDArray[np.float64]:
     """Each answer's calibrated probability of being the one asked for: a logistic model of its
     ranking logit and its best similarity to the question (which is what tells a question the
     knowledge base does not answer: nothing in it is close)."""
     similarity = matrix[:, :3].max(axis=1).astype(np.float64)
     logits = calibration[0] + calibration[1] * ranking(matrix, weights) + calibration[2] * similarity
-    return 1 / (1 + np.exp(-np.clip(logits, -30, 30)))
+    probabilities: npt.NDArray[np.float64] = 1 / (1 + np.exp(-np.clip(logits, -30, 30)))
+    return probabilities

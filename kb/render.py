@@ -19,6 +19,7 @@ import html
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 from xml.etree.ElementTree import Element, tostring
@@ -31,7 +32,7 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
-from .answer import split_lines
+from .answer import Answer, split_lines
 from .blocks import Prose, blocks
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class Rendered:
     toc: str                 # the toc extension's HTML, "" when there are no headings
 
 
-def render_answer(answer) -> Rendered:
+def render_answer(answer: Answer) -> Rendered:
     """Render `answer.body`; each ```python fence becomes a `Slot`."""
     doc = _Doc()
     body, toc = doc.render(answer.body, snippets=True)
@@ -122,12 +123,14 @@ def render_inline(text: str) -> str:
     line = re.sub(r"^(\d+)\.(?=\s|$)", r"\1\\.", line)
     out = render_markdown(line).strip()
     match = re.fullmatch(r"<p>(.*)</p>", out, re.S)
-    return match[1] if match else out
+    inner: str = match[1] if match else out
+    return inner
 
 
 def highlight_python(code: str) -> str:
     """Pygments HTML for a snippet, with the same classes as the fences Markdown highlights."""
-    return highlight(code, PythonLexer(), HtmlFormatter(cssclass="highlight", wrapcode=True))
+    highlighted: str = highlight(code, PythonLexer(), HtmlFormatter(cssclass="highlight", wrapcode=True))  # Pygments is untyped
+    return highlighted
 
 
 def pygments_css() -> str:
@@ -170,7 +173,7 @@ def figure_size(svg: str) -> tuple[int, int] | None:
 
 # --- Markdown and sanitising ------------------------------------------------------------------
 
-def _markdown(slug) -> markdown.Markdown:
+def _markdown(slug: Callable[[str, str], str]) -> markdown.Markdown:
     """A fresh instance per call (about 0.5 ms): Markdown objects hold state, threads share none."""
     md = markdown.Markdown(
         extensions=["fenced_code", "tables", "footnotes", "codehilite", "sane_lists",
@@ -186,7 +189,7 @@ def _markdown(slug) -> markdown.Markdown:
     return md
 
 
-def _attribute_filter(tag, attr, value):
+def _attribute_filter(tag: str, attr: str, value: str) -> str | None:
     """Images load from http(s) or relative URLs only (`url_schemes` also admits mailto for links)."""
     if tag == "img" and attr == "src" and value.strip().lower().startswith("mailto:"):
         return None
@@ -235,7 +238,7 @@ _MATHML_ATTRS = {  # presentation attributes; never style, class, href or event 
 _CHAR_REF = re.compile(r"&#(x[0-9a-fA-F]+|[0-9]+);")
 
 
-def _chars(text):
+def _chars(text: str) -> str:
     """latex2mathml stores symbols as `&#x…;` text; make them characters so escaping is exact."""
     return _CHAR_REF.sub(lambda m: chr(int(m[1][1:], 16) if m[1][0] == "x" else int(m[1])), text)
 
@@ -270,7 +273,7 @@ _SCRIPTS = {"msub", "msup", "msubsup", "munder", "mover", "munderover"}
 _OPENING = set("([{|‖⟨")
 
 
-def _typeset(root) -> None:
+def _typeset(root: Element) -> None:
     """Correct latex2mathml's tree where it sets a formula differently from TeX.
 
     - A prime (`g'`, `\\sigma'`) comes out as `<msup><mi>g</mi><mi>′</mi></msup>`, but a Unicode math
@@ -307,14 +310,14 @@ def _typeset(root) -> None:
                 parent.insert(i, _thin_space())
 
 
-def _is_function(el) -> bool:
+def _is_function(el: Element) -> bool:
     base = el[0] if el.tag in _SCRIPTS and len(el) else el
     if base.tag == "mrow" and len(base) and base[-1].tag == "mo" and base[-1].text in PRIMES:
         base = base[0]  # \\tanh'
     return base.tag == "mi" and base.text in FUNCTIONS
 
 
-def _thin_space():
+def _thin_space() -> Element:
     return Element("mspace", {"width": "0.1667em"})
 
 
@@ -324,15 +327,15 @@ _TAG_RE = re.compile(r'<(/?)([a-zA-Z0-9]+)(?:[^>"]|"[^"]*")*>')  # nh3 quotes ev
 class _Doc:
     """One rendering: the token nonce and what each token stands for."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.nonce = secrets.token_hex(6)
-        self.stash = []  # (source, plain text, HTML) per token
+        self.stash: list[tuple[str, str, str]] = []  # (source, plain text, HTML) per token
 
-    def token(self, kind: str, index) -> str:
+    def token(self, kind: str, index: int | str) -> str:
         return f"kb{self.nonce}{kind}{index}e"
 
     def _protect(self, prose: str) -> str:
-        def replace(m):
+        def replace(m: re.Match[str]) -> str:
             if m["code"] or (m["escape"] and m["escape"] != "\\$"):
                 return m[0]
             if m["escape"]:

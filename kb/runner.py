@@ -25,8 +25,10 @@ import threading
 import time
 import weakref
 from dataclasses import asdict, dataclass
+from types import FrameType
 
 from . import evidence as ev
+from .answer import Answer
 from .forkserver import recv_frame, send_frame
 
 SEED = 0
@@ -34,7 +36,7 @@ SEED = 0
 # temporary directory and the project; nothing of the service's settings or secrets.
 ENVIRONMENT = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH", "MPLCONFIGDIR")
 RUNNER_PREFIX = "kb-forkserver-"  # not the unlocked "kb-runner-" of earlier versions: never swept
-_live: weakref.WeakSet = weakref.WeakSet()  # runners to clean up on SIGTERM
+_live: weakref.WeakSet[Runner] = weakref.WeakSet()  # runners to clean up on SIGTERM
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Runner:
     def __init__(self, limits: Limits | None = None):
         self.limits = limits or Limits()
         self._lock = threading.Lock()
-        self._server: subprocess.Popen | None = None
+        self._server: subprocess.Popen[bytes] | None = None
         # A Unix socket path is limited to ~107 bytes: a deep TMPDIR falls back to /tmp.
         short = "/tmp" if len(tempfile.gettempdir()) > 60 and os.path.isdir("/tmp") else None
         sweep(short or tempfile.gettempdir())
@@ -69,10 +71,10 @@ class Runner:
         _live.add(self)
         clean_up_on_sigterm()
 
-    def __enter__(self):
+    def __enter__(self) -> Runner:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -122,7 +124,7 @@ class Runner:
             raise RuntimeError("the runner's fork server failed to start")
         ready.close()
 
-    def run(self, answer) -> ev.Evidence:
+    def run(self, answer: Answer) -> ev.Evidence:
         """Run every runnable snippet of `answer`; return its evidence (never raises for bad code)."""
         if not answer.runnable:  # nothing to isolate: no child process
             return self._evidence(answer, {}, None, time.monotonic())
@@ -133,7 +135,8 @@ class Runner:
         link = os.path.join(self._dir, os.path.basename(workdir))
         os.symlink(workdir, link)  # so that a sweep finds it should this process die mid-run
         results: dict[int, ev.SnippetEvidence] = {}
-        fault, group = None, None
+        fault: tuple[str, str, str] | None = None  # (status, error type, message) of a run cut short
+        group: int | None = None
         try:
             send_frame(sock, {
                 "path": answer.path, "seed": SEED, "workdir": workdir, "limits": asdict(self.limits),
@@ -168,7 +171,8 @@ class Runner:
             _unlink(link)
         return self._evidence(answer, results, fault, started)
 
-    def _evidence(self, answer, results: dict[int, ev.SnippetEvidence], fault, started: float) -> ev.Evidence:
+    def _evidence(self, answer: Answer, results: dict[int, ev.SnippetEvidence], fault: tuple[str, str, str] | None,
+                  started: float) -> ev.Evidence:
         snippets: list[ev.SnippetEvidence] = []
         reached = True
         for snippet in answer.snippets:
@@ -270,7 +274,7 @@ def clean_up_on_sigterm() -> None:
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return
 
-    def terminate(signum, frame):
+    def terminate(signum: int, frame: FrameType | None) -> None:
         for runner in list(_live):
             runner._stop()  # not close(): the interrupted code may hold the runner's lock
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

