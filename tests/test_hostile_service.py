@@ -156,7 +156,8 @@ def test_hostile_snippets_through_the_service(hostile_server):
         thread.start()
     for thread in runs:
         thread.join(60)
-    time.sleep(0.3)  # a few more reads after the last run
+    after_runs = len(reader.seen)
+    assert settle(lambda: len(reader.seen) >= after_runs + 5), "a few more reads after the last run"
     reader.stop.set()
     reader.join(30)
 

@@ -59,6 +59,7 @@ def flood(n):
 workers = [threading.Thread(target=flood, args=(n,)) for n in range(threads)]
 for worker in workers:
     worker.start()
+print("flooding", file=sys.stderr, flush=True)
 for worker in workers:
     worker.join()
 print(json.dumps(runs))
@@ -156,8 +157,8 @@ def test_reads_stay_up_while_runs_are_flooded(tmp_path, scratch):
 
         # The flood comes from another client: its own process, so that it does not share the readers' GIL.
         flood = subprocess.Popen([sys.executable, "-c", FLOOD, str(port), str(SOAK_SECONDS + 1), str(FLOODERS),
-                                  *EXPECTED], stdout=subprocess.PIPE, text=True)
-        time.sleep(0.5)
+                                  *EXPECTED], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert flood.stderr.readline().strip() == "flooding", "the flood started"
         loaded = Readers(port).run_for(SOAK_SECONDS)
         runs = json.loads(flood.communicate(timeout=120)[0])
 
