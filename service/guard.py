@@ -16,6 +16,7 @@ import os
 import threading
 from collections import defaultdict
 from datetime import datetime, timezone
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from flask import abort, current_app, request
@@ -27,12 +28,33 @@ from .knowledge import library, run_slot
 
 PERMISSIONS_POLICY = ("accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), "
                       "microphone=(), payment=(), usb=()")
-_PROCESS_KEY = os.urandom(32)  # signs run tokens when KB_SECRET_KEY is unset: valid in this process only
+
+
+def site_key(db_path: str) -> bytes:
+    """The key that signs run tokens when KB_SECRET_KEY is unset: random, kept beside the database
+    (`<KB_DB>.key`, mode 0600), so that every worker of one machine signs alike (a form rendered by
+    one is accepted by another, and their pages and ETags agree) and a restart keeps forms valid."""
+    path = Path(f"{db_path}.key")
+    if not path.exists():
+        Path(path.parent).mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, os.urandom(32))
+        finally:
+            os.close(fd)
+        try:
+            os.link(draft, path)  # atomic: the first worker's key wins, the others read it
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_bytes()
 
 
 def init_app(app) -> None:
     secret = app.config.get("KB_SECRET_KEY") or ""
-    app.extensions["kb_run_key"] = secret.encode() if secret else _PROCESS_KEY
+    app.extensions["kb_run_key"] = secret.encode() if secret else site_key(app.config["KB_DB"])
     app.extensions["kb_run_locks"] = defaultdict(threading.Lock)
     app.extensions["kb_run_locks_lock"] = threading.Lock()
     app.jinja_env.globals["run_token"] = run_token

@@ -151,3 +151,23 @@ def test_the_static_exports_pages_carry_their_csp(tmp_path):
         [policy] = re.findall(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)">', head)
         assert "default-src 'self'" in policy and "script-src 'self'" in policy and "'unsafe-inline'" not in policy
         assert head.index("Content-Security-Policy") < head.index("<link"), "before anything it governs"
+
+
+def test_workers_on_one_database_sign_alike_without_a_configured_secret(tmp_path):
+    """gunicorn's workers are separate processes: a form one rendered must pass another, and their
+    pages (hence ETags) must agree, so the default key is kept beside the database, not per process."""
+    answers = write_small_answers(tmp_path / "answers")
+    config = {"KB_ANSWERS": str(answers), "KB_DB": str(tmp_path / "kb.sqlite3"), "KB_RUN_MISSING": "wait"}
+    workers = [create_app(dict(config)) for _ in range(2)]
+    try:
+        pages = [w.test_client().get("/answers/averaging") for w in workers]
+        assert token_of(workers[0].test_client(), "averaging") == token_of(workers[1].test_client(), "averaging")
+        assert pages[0].headers["ETag"] == pages[1].headers["ETag"]
+        key = tmp_path / "kb.sqlite3.key"
+        assert len(key.read_bytes()) == 32 and key.stat().st_mode & 0o777 == 0o600
+        other = create_app({**config, "KB_DB": str(tmp_path / "elsewhere.sqlite3")})
+        assert token_of(other.test_client(), "averaging") != token_of(workers[0].test_client(), "averaging")
+        other.extensions["kb"].close()
+    finally:
+        for worker in workers:
+            worker.extensions["kb"].close()
