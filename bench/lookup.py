@@ -24,15 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from kb.answer import load_answers
+from kb.index import SearchIndex, clean_body
+from kb.lookup import Lookup
+from kb.semantic import DIMENSION, shared_embedder
 
-import lookup_data  # noqa: E402
-from kb.answer import load_answers  # noqa: E402
-from kb.index import SearchIndex, clean_body  # noqa: E402
-from kb.lookup import Lookup  # noqa: E402
-from kb.semantic import DIMENSION, shared_embedder  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))            # `from bench import scale` when run as a script
+sys.path.insert(0, str(ROOT / "bench"))  # bench/ is scripts, not a package on the path
+
+import lookup_data  # noqa: E402  (after the path line above)
 
 TOKEN_RE = re.compile(r"[^\W_]+")
 

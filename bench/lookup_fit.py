@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from kb import lookup as lk
+from kb.answer import load_answers
+from kb.index import SearchIndex
+from kb.semantic import shared_embedder
 
-import lookup_data  # noqa: E402
-from kb import lookup as lk  # noqa: E402
-from kb.answer import load_answers  # noqa: E402
-from kb.index import SearchIndex  # noqa: E402
-from kb.semantic import shared_embedder  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is scripts, not a package on the path
+
+import lookup_data  # noqa: E402  (after the path line above)
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".kb" / "bench-lookup.sqlite3"   # embeddings kept between runs (derived)

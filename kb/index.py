@@ -347,22 +347,31 @@ class SearchIndex:
         expression = match_expression(query)
         if expression is None or limit == 0:
             return []
-        weights = ", ".join(map(str, WEIGHTS))
-        question_weights = ", ".join(map(str, QUESTION_WEIGHTS))
-        # Score every match from the index alone, and read the stored columns of the best few
-        # only: reading title and summary for every match was 5x the cost at 1,000 answers.
-        # Padding rows are empty (slug NULL): they match no query.
-        sql = (f"SELECT f.slug, f.title, f.summary, best.score FROM "
-               f"(SELECT rowid, -bm25(search_fts, {weights}) - {QUESTION_BOOST} * bm25(search_fts, {question_weights})"
-               f" AS score FROM search_fts WHERE search_fts MATCH ? ORDER BY score DESC LIMIT ?) AS best "
-               f"JOIN search_fts AS f ON f.rowid = best.rowid WHERE f.slug IS NOT NULL ORDER BY best.score DESC, f.slug")
+        rows = self._ranked("search_fts", WEIGHTS, QUESTION_WEIGHTS, "f.slug, f.title, f.summary", expression, limit)
+        return [{"slug": slug, "title": title, "summary": summary, "score": score}
+                for slug, title, summary, score in rows]
+
+    def _ranked(self, table: str, weights: tuple[float, ...], question_weights: tuple[float, ...], columns: str,
+                expression: str, limit: int) -> list[tuple[Any, ...]]:
+        """`columns` and the score of the best `limit` rows of `table` for an FTS5 expression.
+
+        The score is BM25 over the row plus `QUESTION_BOOST` times BM25 over its questions, both
+        negated (FTS5's bm25() is better when lower). Every match is scored from the index alone
+        and only the best few rows' stored columns are read: reading title and summary for every
+        match was 5x the cost at 1,000 answers. Padding rows are empty (slug NULL): they match no
+        query.
+        """
+        whole, questions = ", ".join(map(str, weights)), ", ".join(map(str, question_weights))
+        sql = (f"SELECT {columns}, best.score FROM "
+               f"(SELECT rowid, -bm25({table}, {whole}) - {QUESTION_BOOST} * bm25({table}, {questions})"
+               f" AS score FROM {table} WHERE {table} MATCH ? ORDER BY score DESC LIMIT ?) AS best "
+               f"JOIN {table} AS f ON f.rowid = best.rowid WHERE f.slug IS NOT NULL ORDER BY best.score DESC, f.slug")
         try:
-            rows = self.connection().execute(sql, (expression, limit)).fetchall()
+            rows: list[tuple[Any, ...]] = self.connection().execute(sql, (expression, limit)).fetchall()
+            return rows
         except sqlite3.Error:
             log.exception("search failed for the FTS5 query %r", expression[:200])
             return []
-        return [{"slug": slug, "title": title, "summary": summary, "score": score}
-                for slug, title, summary, score in rows]
 
     def candidates(self, query: str, limit: int = 30) -> list[tuple[str, float]]:
         """The lexical stage of `kb.lookup`: [(slug, score)] of the best BM25 matches, best first.
@@ -373,17 +382,8 @@ class SearchIndex:
         expression = match_expression(" ".join(query_terms(query)[:MAX_LEXICAL_TERMS]))
         if expression is None or limit <= 0:
             return []
-        weights = ", ".join(map(str, SHORT_WEIGHTS))
-        question_weights = ", ".join(map(str, SHORT_QUESTION_WEIGHTS))
-        sql = (f"SELECT f.slug, best.score FROM "
-               f"(SELECT rowid, -bm25(search_short, {weights}) - {QUESTION_BOOST} * bm25(search_short, {question_weights})"
-               f" AS score FROM search_short WHERE search_short MATCH ? ORDER BY score DESC LIMIT ?) AS best "
-               f"JOIN search_short AS f ON f.rowid = best.rowid WHERE f.slug IS NOT NULL ORDER BY best.score DESC, f.slug")
-        try:
-            return self.connection().execute(sql, (expression, limit)).fetchall()
-        except sqlite3.Error:
-            log.exception("search failed for the FTS5 query %r", expression[:200])
-            return []
+        return [(slug, score) for slug, score in
+                self._ranked("search_short", SHORT_WEIGHTS, SHORT_QUESTION_WEIGHTS, "f.slug", expression, limit)]
 
     def static_tables(self) -> dict[str, Any]:
         """What the static export's search (service/static/search.js) needs to rank exactly as
