@@ -24,12 +24,12 @@ import os
 import re
 import threading
 import time
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from markdown.extensions.toc import slugify, unique
 import numpy.typing as npt
 
 from .answer import Answer, split_lines
@@ -69,23 +69,6 @@ def _heading_text(markdown: str) -> str:
     return html.unescape(INLINE_MARKS_RE.sub("", LINK_RE.sub(r"\1", markdown))).strip()
 
 
-def _slugify(value: str) -> str:
-    """Python-Markdown's toc slugify (kb.render uses it, with "-")."""
-    value = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode("ascii")
-    value = re.sub(r"[^\w\s-]", "", value).strip().lower()
-    return re.sub(r"[-\s]+", "-", value)
-
-
-def _unique(anchor: str, used: set[str]) -> str:
-    if anchor in used or not anchor:
-        count = 1
-        while f"{anchor}_{count}" in used:
-            count += 1
-        anchor = f"{anchor}_{count}"
-    used.add(anchor)
-    return anchor
-
-
 def sections(answer: Answer) -> list[Section]:
     """The answer's body cut at its headings (ATX headings outside code fences), in order."""
     found: list[tuple[str, str, list[str]]] = []
@@ -101,7 +84,7 @@ def sections(answer: Answer) -> list[Section]:
                 if anchor or any(x.strip() for x in lines):
                     found.append((anchor, title, lines))
                 title = _heading_text(heading[2])
-                anchor, lines = _unique(_slugify(title), used), []
+                anchor, lines = unique(slugify(title, "-"), used), []  # as the renderer's toc does
             else:
                 lines.append(line)
     if anchor or any(x.strip() for x in lines):

@@ -76,12 +76,13 @@ def topic(key):
 
 @pages.get("/answers/<slug>")
 def answer(slug):
-    if slug != slug.lower() and slug.lower() in library().answers:
+    if slug != slug.lower() and slug.lower() in snapshot().answers:
         return redirect(url_for("pages.answer", slug=slug.lower()), 301)
     found = answer_or_404(slug)
     was = request.args.get("was")
     if was is not None:  # just re-run: the page says what changed, so it is not the cached one
-        return _answer_page(found, library().evidence(found), announce=_changes(was, library().evidence(found)))
+        evidence = library().evidence(found)
+        return _answer_page(found, evidence, announce=_changes(was, evidence))
     return answer_response("page", found, lambda evidence: _answer_page(found, evidence), "text/html")
 
 
