@@ -14,7 +14,7 @@ import pytest
 from kb.answer import Answer, load_answers
 from kb.gaps import Gaps
 from kb.index import SearchIndex
-from kb.lookup import Lookup, sections
+from kb.lookup import WEIGHTS, Lookup, sections
 from kb.render import render_answer
 from kb.semantic import MODEL_SHA256, TOKENIZER_SHA256, Embedder, ModelFileError, shared_embedder
 from service import create_app
@@ -22,11 +22,14 @@ from service import create_app
 from helpers import KB, ROOT
 sys.path.insert(0, str(ROOT / "bench"))
 import lookup_data  # noqa: E402  (the evaluation set's dev split + tests/lookup_cases.py)
+import lookup_fit  # noqa: E402  (cross-fitting: a dev question never scored against its own copy)
 
-# Share of the in-scope dev questions whose first result is the expected answer: measured 0.872
-# (403 of 462: tests/lookup_eval dev + tests/lookup_cases.py, 51 answers). The test split is
+# Share of the in-scope dev questions whose first result is the expected answer, each question
+# scored by a lookup without the aliases copied from its own fold of dev (`lookup_fit.cross_fitted`:
+# dev phrasings are aliases, and a question would otherwise find its own copy). Measured 0.835
+# (386 of 462: tests/lookup_eval dev + tests/lookup_cases.py, 51 answers). The test split is
 # reported by `make bench`, never tested against.
-DEV_TOP1 = 0.85
+DEV_TOP1 = 0.82
 
 
 def answer(slug, title, summary="A short summary.", body="", aliases=()) -> Answer:
@@ -56,12 +59,14 @@ def real_lookup(tmp_path_factory, real_evidence):
 
 
 def test_top1_rate_on_the_dev_split(real_lookup):
-    lookup, answers = real_lookup
-    cases = [(q, slug) for q, slug in lookup_data.entries("dev") if slug is not None]
-    misses = [(q[:80], slug, lookup.search(q, 3)["results"][0]["slug"]) for q, slug in cases
-              if lookup.search(q, 1)["results"][0]["slug"] != slug]
+    lookup, _ = real_lookup
+    dev = lookup_data.entries("dev")
+    scored = lookup_fit.cross_fitted(dev, db_path=lookup.cache.database.path)
+    cases = [(q, slug, found) for (q, slug), (found, _, _) in zip(dev, lookup_fit.top(scored, WEIGHTS))
+             if slug is not None]
+    misses = [(q[:80], slug, found) for q, slug, found in cases if found != slug]
     rate = 1 - len(misses) / len(cases)
-    print(f"\ndev top-1 {rate:.3f} ({len(cases) - len(misses)} of {len(cases)})")
+    print(f"\ndev top-1, cross-fitted {rate:.3f} ({len(cases) - len(misses)} of {len(cases)})")
     assert rate >= DEV_TOP1, misses
 
 
