@@ -73,13 +73,14 @@ class Database:
         return db
 
     @contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def exclusive(self, purpose: str = "") -> Iterator[None]:
         """Hold a lock file beside the database: one holder at a time, across processes.
 
-        For work longer than a transaction, such as running the answers that lack evidence:
-        gunicorn workers starting on a fresh file then take turns instead of all doing it.
+        For work longer than a transaction, such as running the answers that lack evidence or
+        embedding the texts that lack vectors: gunicorn workers starting on a fresh file then
+        take turns instead of all doing it. Each `purpose` has a lock file of its own.
         """
-        with open(f"{self.path}.lock", "a") as lock:
+        with open(f"{self.path}{'.' + purpose if purpose else ''}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield

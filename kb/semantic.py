@@ -161,26 +161,36 @@ class EmbeddingCache:
     key = staticmethod(cache_key)
 
     def vectors(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        """The texts' vectors: read from the store, the missing ones embedded and stored."""
+        """The texts' vectors: read from the store, the missing ones embedded and stored.
+
+        One process embeds at a time: gunicorn workers starting on a fresh store would each
+        embed every text (tens of seconds of CPU each); the ones that wait find them stored."""
         keys = [self.key(t) for t in texts]
-        found: dict[str, bytes] = {}
-        db = self.database.connection()
         unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), 500):
-            part = unique[start:start + 500]
-            found.update(db.execute(f"SELECT key, vector FROM embeddings WHERE key IN ({','.join('?' * len(part))})",
-                                    part))
-        missing = [k for k in unique if k not in found]
-        if missing:
-            text_of = dict(zip(keys, texts))
-            fresh = self.embedder.embed([text_of[k] for k in missing])
-            rows = [(k, v.astype(np.float32).tobytes()) for k, v in zip(missing, fresh)]
-            with self.database.write() as wdb:
-                wdb.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?)", rows)
-            found.update(rows)
+        found = self._stored(unique)
+        if len(found) < len(unique):
+            with self.database.exclusive("embed"):
+                found.update(self._stored([k for k in unique if k not in found]))  # stored meanwhile
+                missing = [k for k in unique if k not in found]
+                if missing:
+                    text_of = dict(zip(keys, texts))
+                    fresh = self.embedder.embed([text_of[k] for k in missing])
+                    rows = [(k, v.astype(np.float32).tobytes()) for k, v in zip(missing, fresh)]
+                    with self.database.write() as wdb:
+                        wdb.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?)", rows)
+                    found.update(rows)
         if not texts:
             return np.zeros((0, DIMENSION), dtype=np.float32)
         return np.stack([np.frombuffer(found[k], dtype=np.float32) for k in keys])
+
+    def _stored(self, keys: list[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        db = self.database.connection()
+        for start in range(0, len(keys), 500):
+            part = keys[start:start + 500]
+            found.update(db.execute(f"SELECT key, vector FROM embeddings WHERE key IN ({','.join('?' * len(part))})",
+                                    part))
+        return found
 
     def prune(self, texts: list[str]) -> int:
         """Forget every vector but those of `texts` (an answer edited away leaves nothing behind)."""

@@ -8,7 +8,9 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 
+import numpy as np
 import pytest
 
 from kb.answer import Answer, load_answers
@@ -16,7 +18,7 @@ from kb.gaps import Gaps
 from kb.index import SearchIndex
 from kb.lookup import WEIGHTS, Lookup, sections
 from kb.render import render_answer
-from kb.semantic import MODEL_SHA256, TOKENIZER_SHA256, Embedder, ModelFileError, shared_embedder
+from kb.semantic import MODEL_SHA256, TOKENIZER_SHA256, Embedder, EmbeddingCache, ModelFileError, shared_embedder
 from service import create_app
 
 from helpers import KB, ROOT
@@ -116,6 +118,28 @@ def test_any_query_gives_the_nearest_answers_or_none(tmp_path, query):
 
 
 # --- the embedding cache -----------------------------------------------------------------------
+
+
+def test_processes_starting_on_a_fresh_store_embed_each_text_once(tmp_path):
+    """gunicorn workers on a fresh store take turns: the one that waits finds the vectors."""
+    path = tmp_path / "kb.sqlite3"
+    texts = [f"why does layer {i} of the network need a nonlinearity" for i in range(40)]
+    caches = [EmbeddingCache(path, Embedder()) for _ in range(2)]  # as two workers would hold them
+    start = threading.Barrier(2)
+    results = [None, None]
+
+    def worker(k):
+        start.wait()
+        results[k] = caches[k].vectors(texts)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(c.embedder.calls for c in caches) == [0, len(texts)]
+    assert np.array_equal(results[0], results[1])
+
 
 
 def test_a_restart_embeds_nothing_and_an_edit_only_what_changed(tmp_path):
