@@ -87,7 +87,7 @@ def fit(x, y, l2=L2, steps=50):
 
 def fit_ranking(entries, scored):
     x = np.vstack([matrix for _, matrix in scored])
-    y = np.concatenate([[s == slug for s in slugs] for (slugs, _), (_, slug) in zip(scored, entries)]).astype(float)
+    y = np.concatenate([[s == slug for s in slugs] for (slugs, _), (_, slug) in zip(scored, entries, strict=True)]).astype(float)
     return fit(x, y)
 
 
@@ -106,7 +106,7 @@ def calibrate(entries, scored, weights):
     Out-of-scope questions are weighted up (ten times): there are few of them, and telling
     them apart is what the confident flag is for."""
     rows, labels = [], []
-    for (_, slug), (found, logit, similarity) in zip(entries, top(scored, weights)):
+    for (_, slug), (found, logit, similarity) in zip(entries, top(scored, weights), strict=True):
         copies = 10 if slug is None else 1
         rows += [[logit, similarity]] * copies
         labels += [float(found == slug)] * copies
@@ -115,8 +115,8 @@ def calibrate(entries, scored, weights):
 
 def threshold(entries, scored, weights, calibration):
     scores = [score for _, score, _ in top(scored, weights, calibration)]
-    inside = [s for s, (_, slug) in zip(scores, entries) if slug is not None]
-    outside = [s for s, (_, slug) in zip(scores, entries) if slug is None]
+    inside = [s for s, (_, slug) in zip(scores, entries, strict=True) if slug is not None]
+    outside = [s for s, (_, slug) in zip(scores, entries, strict=True) if slug is None]
     allowed = int(MAX_NOT_CONFIDENT * len(inside))            # in-scope questions that may fall below
     t = np.floor(sorted(inside)[allowed] * 100) / 100
     return float(t), np.mean(np.array(inside) < t), np.mean(np.array(outside) < t)
@@ -128,7 +128,7 @@ def main():
     weights = fit_ranking(dev, scored)
     calibration = calibrate(dev, scored, weights)
     t, inside, outside = threshold(dev, scored, weights, calibration)
-    right = [found == slug for (_, slug), (found, _, _) in zip(dev, top(scored, weights)) if slug is not None]
+    right = [found == slug for (_, slug), (found, _, _) in zip(dev, top(scored, weights), strict=True) if slug is not None]
     print(f"dev: {len(dev)} questions ({sum(s is None for _, s in dev)} out of scope); "
           f"cross-fitted top-1 {np.mean(right):.1%}")
     print("FEATURES =", lk.FEATURES)

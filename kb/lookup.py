@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from markdown.extensions.toc import slugify, unique
 import numpy.typing as npt
+from markdown.extensions.toc import slugify, unique
 
 from .answer import Answer, split_lines
 from .blocks import Fence, blocks
 from .index import SearchIndex, clean_body
-from .semantic import EmbeddingCache, Embedder
+from .semantic import Embedder, EmbeddingCache
 
 log = logging.getLogger(__name__)
 READY_WAIT = 300.0  # seconds a search waits for the first embedding (a fresh database, on a slow machine)

@@ -173,9 +173,9 @@ class EmbeddingCache:
                 found.update(self._stored([k for k in unique if k not in found]))  # stored meanwhile
                 missing = [k for k in unique if k not in found]
                 if missing:
-                    text_of = dict(zip(keys, texts))
+                    text_of = dict(zip(keys, texts, strict=True))
                     fresh = self.embedder.embed([text_of[k] for k in missing])
-                    rows = [(k, v.astype(np.float32).tobytes()) for k, v in zip(missing, fresh)]
+                    rows = [(k, v.astype(np.float32).tobytes()) for k, v in zip(missing, fresh, strict=True)]
                     with self.database.write() as wdb:
                         wdb.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?)", rows)
                     found.update(rows)

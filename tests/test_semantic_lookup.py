@@ -12,6 +12,7 @@ import threading
 
 import numpy as np
 import pytest
+from helpers import KB, ROOT
 
 from kb.answer import Answer, load_answers
 from kb.gaps import Gaps
@@ -21,7 +22,6 @@ from kb.render import render_answer
 from kb.semantic import MODEL_SHA256, TOKENIZER_SHA256, Embedder, EmbeddingCache, ModelFileError, shared_embedder
 from service import create_app
 
-from helpers import KB, ROOT
 sys.path.insert(0, str(ROOT / "bench"))
 import lookup_data  # noqa: E402  (the evaluation set's dev split + tests/lookup_cases.py)
 import lookup_fit  # noqa: E402  (cross-fitting: a dev question never scored against its own copy)
@@ -64,7 +64,7 @@ def test_top1_rate_on_the_dev_split(real_lookup):
     lookup, _ = real_lookup
     dev = lookup_data.entries("dev")
     scored = lookup_fit.cross_fitted(dev, db_path=lookup.cache.database.path)
-    cases = [(q, slug, found) for (q, slug), (found, _, _) in zip(dev, lookup_fit.top(scored, WEIGHTS))
+    cases = [(q, slug, found) for (q, slug), (found, _, _) in zip(dev, lookup_fit.top(scored, WEIGHTS), strict=True)
              if slug is not None]
     misses = [(q[:80], slug, found) for q, slug, found in cases if found != slug]
     rate = 1 - len(misses) / len(cases)
