@@ -51,20 +51,21 @@ def _words(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.lower()))
 
 
-def _phrasings(question: str) -> set[str]:
-    """What an alias copied from this question can be: the whole of it, or its first line."""
-    return {_words(question), _words(question.strip().split("\n")[0])}
+def _copied_from(alias: str, questions: list[str]) -> bool:
+    """Whether the alias is a cut of one of the questions (its words, in a row, inside it)."""
+    words = f" {_words(alias)} "
+    return any(words in f" {q} " for q in questions)
 
 
 def cross_fitted(entries, folds=FOLDS, db_path=CACHE):
     """[(slugs considered, feature matrix)] per question, each computed by a lookup built
-    without the aliases copied from the questions of its fold."""
+    without the aliases cut from the questions of its fold."""
     answers = list(load_answers([ROOT / "answers"])[0].values())
     out = [None] * len(entries)
     for fold in range(folds):
         mine = [i for i in range(len(entries)) if i % folds == fold]
-        banned = set().union(*(_phrasings(entries[i][0]) for i in mine))
-        lookup = build(db_path, [dataclasses.replace(a, aliases=tuple(x for x in a.aliases if _words(x) not in banned))
+        questions = [_words(entries[i][0]) for i in mine]
+        lookup = build(db_path, [dataclasses.replace(a, aliases=tuple(x for x in a.aliases if not _copied_from(x, questions)))
                                  for a in answers])
         for i in mine:
             chosen, matrix, _ = lookup.features(entries[i][0])
