@@ -84,7 +84,7 @@ def latency(lookup: Lookup, questions: list[str], passes: int = 3) -> dict:
             lookup.search(question, 5)
             full.append(time.perf_counter() - start)
             start = time.perf_counter()
-            lookup.lexical_stage(question, lookup.state)   # candidates, stems and whole-answer BM25
+            lookup.index.candidates(question, 30)
             lexical.append(time.perf_counter() - start)
     ms = lambda xs, q: float(np.percentile(xs, q) * 1000)  # noqa: E731
     return {"p50": ms(full, 50), "p99": ms(full, 99), "lexical_p50": ms(lexical, 50), "lexical_p99": ms(lexical, 99)}

@@ -28,16 +28,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import sqlite3
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
-
-import numpy as np
-import numpy.typing as npt
 
 from .answer import Answer, split_lines
 from .blocks import Prose, blocks
@@ -235,17 +230,13 @@ def match_expression(query: object) -> str | None:
     Every term is a quoted FTS5 string, so nothing the learner types (quotes, parentheses,
     AND/OR/NOT/NEAR, *, -, ^, column filters) is read as query syntax. None if no term is left.
     """
-    return " OR ".join('"' + phrase.replace('"', '""') + '"' for phrase in query_phrases(query)) or None
-
-
-def query_phrases(query: object) -> list[str]:
-    """The query's terms with their other spellings: the phrases `match_expression` OR-s."""
-    phrases: list[str] = []
+    phrases = []
     for term in query_terms(query):
         for spelling in _spellings(term):
-            if spelling not in phrases:
-                phrases.append(spelling)
-    return phrases
+            phrase = '"' + spelling.replace('"', '""') + '"'
+            if phrase not in phrases:
+                phrases.append(phrase)
+    return " OR ".join(phrases) or None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,37 +385,6 @@ class SearchIndex:
         return [(slug, score) for slug, score in
                 self._ranked("search_short", SHORT_WEIGHTS, SHORT_QUESTION_WEIGHTS, "f.slug", expression, limit)]
 
-    def whole_answer_scores(self) -> WholeAnswerScores:
-        """`WholeAnswerScores` of the answers indexed now, read from FTS5's own tokens."""
-        db = self.connection()
-        db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.search_fts_terms USING fts5vocab(main, search_fts, instance)")
-        slugs = dict(db.execute("SELECT rowid, slug FROM search_fts WHERE slug IS NOT NULL ORDER BY slug"))
-        number = {row: i for i, row in enumerate(slugs)}
-        weight = dict(zip(COLUMNS, WEIGHTS, strict=True))
-        lengths = np.zeros(len(slugs))
-        hits: dict[str, dict[int, float]] = defaultdict(dict)
-        for term, row, column, count in db.execute(
-                "SELECT term, doc, col, COUNT(*) FROM temp.search_fts_terms GROUP BY term, doc, col"):
-            i = number[row]  # padding rows hold no tokens
-            lengths[i] += count
-            hits[term][i] = hits[term].get(i, 0.0) + weight[column] * count
-        rows = db.execute("SELECT COUNT(*) FROM search_fts").fetchone()[0]
-        postings = {term: (np.fromiter(found, np.int32, len(found)), np.fromiter(found.values(), np.float32, len(found)))
-                    for term, found in hits.items()}   # 32-bit: at 10,000 answers ~6 million pairs
-        return WholeAnswerScores(list(slugs.values()), postings, lengths, rows)
-
-    def stems(self, words: list[str]) -> list[str]:
-        """Each word as FTS5's tokenizer indexes it (its Porter stem), in order; "" if none."""
-        db = self.connection()
-        db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.stemmer USING fts5(word, tokenize = '{TOKENIZE}')")
-        db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.stemmer_terms USING fts5vocab(temp, stemmer, instance)")
-        db.executemany("INSERT INTO temp.stemmer (rowid, word) VALUES (?, ?)", enumerate(words, 1))
-        try:
-            found = dict(db.execute("SELECT doc, term FROM temp.stemmer_terms WHERE offset = 0"))
-        finally:
-            db.execute("DELETE FROM temp.stemmer")
-        return [found.get(i, "") for i in range(1, len(words) + 1)]
-
     def static_tables(self) -> dict[str, Any]:
         """What the static export's search (service/static/search.js) needs to rank exactly as
         `candidates` does, read from this index: the query rules (stop words, synonyms, spellings,
@@ -461,37 +421,3 @@ class SearchIndex:
             return count
         except sqlite3.OperationalError:
             return 0
-
-
-K1, B = 1.2, 0.75  # FTS5's bm25() constants
-
-
-class WholeAnswerScores:
-    """BM25 over the whole answer (every column, weighted by `WEIGHTS`) computed as FTS5's
-    bm25() does, from a copy of the index's postings.
-
-    FTS5 can only score every row that matches a query: at 10,000 answers, over their bodies,
-    that is tens of milliseconds. The lookup needs the score of the few hundred answers it
-    considers, and gets it here in about a millisecond; a test checks that both agree.
-    """
-
-    def __init__(self, slugs: list[str], postings: dict[str, tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]],
-                 lengths: npt.NDArray[np.float64], rows: int) -> None:
-        self.slugs = slugs          # the answers, in the order of the scores
-        self.postings = postings    # stemmed term -> (answers holding it, weighted hits in each)
-        self.lengths = lengths      # tokens per answer, all columns
-        self.rows = max(rows, 1)    # FTS5's row count, padding rows included
-        self.average = float(lengths.sum()) / self.rows
-
-    def scores(self, stems: list[str]) -> npt.NDArray[np.float64]:
-        """Each answer's score (positive; higher is better) for the query's stemmed phrases."""
-        total = np.zeros(len(self.slugs))
-        for stem in stems:
-            if stem not in self.postings:
-                continue
-            answers, hits = self.postings[stem]
-            idf = math.log((self.rows - len(answers) + 0.5) / (len(answers) + 0.5))
-            idf = idf if idf > 0 else 1e-6
-            norm = K1 * (1 - B + B * self.lengths[answers] / self.average)
-            total[answers] += idf * hits * (K1 + 1) / (hits + norm)
-        return total

@@ -6,13 +6,11 @@ questions and tags) finds answers that share the question's words; the semantic 
 section of its body, so a question worded without the answer's vocabulary still finds it.
 
 Each answer gets a few features (best similarity to one of its questions, to its summary, to one
-of its sections, how far it is behind the best answer, its short-field BM25 score relative to the
-query's best and how strong that is, and its BM25 over the whole answer relative to the best
-answer considered, `kb.index.WholeAnswerScores`); a logistic model over them ranks, and a second
+of its sections, how far it is behind the best answer, and its BM25 score relative to the best
+BM25 score of the query, and how strong that is); a logistic model over them ranks, and a second
 one, over the rank score and the best similarity, gives the score: a calibrated probability, in
-[0, 1], that the answer is the one asked for. The weights and the `CONFIDENT` threshold were
-fitted on the dev split of `tests/lookup_eval/` with `bench/lookup_fit.py` (never on the test
-split); see the README's search section.
+[0, 1], that the answer is the one asked for. The weights and the `CONFIDENT` threshold were fitted on the dev split of `tests/lookup_eval/` with
+`bench/lookup_fit.py` (never on the test split); see the README's search section.
 
 A result names the section that matched best, so a link goes straight to it
 (`/answers/<slug>#<anchor>`); the anchor is the id `kb.render` gives that heading.
@@ -37,7 +35,7 @@ from markdown.extensions.toc import slugify, unique
 
 from .answer import Answer, split_lines
 from .blocks import Fence, blocks
-from .index import SearchIndex, WholeAnswerScores, clean_body, query_phrases
+from .index import SearchIndex, clean_body
 from .semantic import Embedder, EmbeddingCache
 
 log = logging.getLogger(__name__)
@@ -49,13 +47,13 @@ INLINE_MARKS_RE = re.compile(r"`+|\*+|(?<!\w)_+|_+(?!\w)|<[^>]+>")
 # Fitted by `bench/lookup_fit.py` on the dev split (476 questions over 51 answers: tests/lookup_eval
 # dev and tests/lookup_cases.py; 14 out of scope), cross-fitted (a question is never scored against
 # an alias cut from it). The ranking model: intercept, then one weight per feature of `FEATURES`.
-FEATURES = ("question", "summary", "section", "behind", "bm25", "bm25_strength", "whole")
-WEIGHTS = (-11.545, 2.288, 0.975, 2.957, -15.236, 2.352, -0.402, 9.022)
+FEATURES = ("question", "summary", "section", "behind", "bm25", "bm25_strength")
+WEIGHTS = (-6.773, 2.047, 2.454, 3.586, -19.557, 5.547, -0.426)
 # The score: intercept, weight of the ranking logit, weight of the best similarity.
-CALIBRATION = (-3.578, 1.045, 6.593)
+CALIBRATION = (-3.083, 0.920, 5.731)
 # The best result's score at or above which the response is confident. On dev: 5.0% of the
 # in-scope questions fall below it, and 92.9% of the out-of-scope ones.
-CONFIDENT = 0.32
+CONFIDENT = 0.30
 LEXICAL_CANDIDATES = 30    # answers the lexical stage proposes
 SHORTLIST = 300            # beyond this many answers, the semantic stage compares these text by text
 
@@ -111,8 +109,6 @@ class _State:
     kind: npt.NDArray[np.int8]         # 0 a question (title or alias), 1 the summary, 2 a section
     section: list[Section | None]      # the Section of each text (None unless kind 2)
     position: dict[str, int]           # slug -> index into entries
-    whole: WholeAnswerScores | None = None  # BM25 over each whole answer
-    whole_row: npt.NDArray[np.intp] = field(init=False)     # each answer's place in `whole` (-1: absent)
     start: npt.NDArray[np.intp] = field(init=False)         # each answer's first text
     end: npt.NDArray[np.intp] = field(init=False)           # and the end of its texts
     centroids: npt.NDArray[np.float32] = field(init=False)  # each answer's texts' mean direction, for the shortlist
@@ -122,8 +118,6 @@ class _State:
         self.start = np.searchsorted(self.owner, np.arange(n), side="left")
         self.end = np.searchsorted(self.owner, np.arange(n), side="right")
         self.centroids = np.zeros((n, self.vectors.shape[1]), np.float32)
-        place = {slug: i for i, slug in enumerate(self.whole.slugs)} if self.whole else {}
-        self.whole_row = np.array([place.get(e.slug, -1) for e in self.entries], np.intp)
         if n:
             sums = np.add.reduceat(self.vectors, self.start, axis=0)
             self.centroids = sums / np.clip(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12, None)
@@ -175,9 +169,8 @@ class Lookup:
                 owner.append(i)
                 kind.append(k)
                 section.append(part)
-        whole = self.index.whole_answer_scores()
         self.state = _State(entries, texts, self.cache.vectors(texts), np.array(owner, np.int64),
-                            np.array(kind, np.int8), section, {e.slug: i for i, e in enumerate(entries)}, whole)
+                            np.array(kind, np.int8), section, {e.slug: i for i, e in enumerate(entries)})
         if self.embedder.calls != embedded:   # texts changed: forget the vectors nothing uses now
             self.cache.prune(texts)
             log.info("search ready: %d texts embedded in %.1f s", len(texts), time.monotonic() - started)
@@ -192,9 +185,9 @@ class Lookup:
         """
         state = state or self.state
         n = len(state.entries)
-        pending = self._lexical.submit(self.lexical_stage, query, state)
+        pending = self._lexical.submit(self.index.candidates, query, LEXICAL_CANDIDATES)
         question = self.embedder.query(query)
-        hits, whole_scores = pending.result()
+        hits = pending.result()
         found = {state.position[slug]: score for slug, score in hits if slug in state.position}
         if n <= SHORTLIST:
             chosen = np.arange(n)
@@ -214,16 +207,8 @@ class Lookup:
             if answer in found:
                 lexical[i] = found[answer] / hits[0][1]          # relative to the query's best
                 strength[i] = math.log1p(max(found[answer], 0.0))
-        rows_of = state.whole_row[chosen]   # -1: not in the index (another process may have just changed it)
-        whole = np.where(rows_of >= 0, whole_scores[rows_of], 0.0) if len(whole_scores) else np.zeros(len(chosen))
-        whole = whole / whole.max() if whole.max() > 0 else whole    # relative to the best considered
-        matrix = np.stack([best[0], best[1], best[2], overall.max() - overall, lexical, strength, whole], axis=1)
+        matrix = np.stack([best[0], best[1], best[2], overall.max() - overall, lexical, strength], axis=1)
         return chosen, matrix, (rows, offsets, similarity)
-
-    def lexical_stage(self, query: str, state: _State) -> tuple[list[tuple[str, float]], npt.NDArray[np.float64]]:
-        """The lexical candidates, and every answer's BM25 over its whole text (in `state.whole`'s order)."""
-        whole = state.whole.scores(self.index.stems(query_phrases(query))) if state.whole else np.zeros(0)
-        return self.index.candidates(query, LEXICAL_CANDIDATES), whole
 
     def search(self, query: object, limit: int = 5) -> dict[str, Any]:
         """{"confident": bool, "results": [{slug, title, summary, score, section}]}, best first.

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kb.answer import Answer, load_answers
-from kb.index import PAD_ROWS_PER_ANSWER, WEIGHTS, WORD_RE, SearchIndex, match_expression, query_phrases
+from kb.index import PAD_ROWS_PER_ANSWER, WORD_RE, SearchIndex
 from kb.store import Store
 from lookup_cases import CASES
 
@@ -381,26 +381,3 @@ def test_a_thousand_answers(tmp_path):
     assert idx.search("topic123")[0]["slug"] == "a123"
     assert len(idx.search("question word1 word2", limit=50)) == 50
     assert idx.rebuild(many) is False
-
-
-@pytest.mark.parametrize("query", ["why do we subtract the max in softmax", "Normalise inputs normalizing gradients",
-                                   "dying relu neurons leaky", "m examples dW averaged 1/m", "zzzz qqqq"])
-def test_whole_answer_scores_agree_with_fts5(tmp_path, real_answers, query):
-    """The lookup's copy of BM25 over whole answers scores as FTS5's own bm25() does."""
-    index = SearchIndex(tmp_path / "kb.sqlite3")
-    index.rebuild(real_answers.values())
-    scores = index.whole_answer_scores()
-    ours = dict(zip(scores.slugs, scores.scores(index.stems(query_phrases(query))), strict=True))
-    expression = match_expression(query)
-    fts5 = dict(index.connection().execute(
-        f"SELECT slug, -bm25(search_fts, {', '.join(map(str, WEIGHTS))}) FROM search_fts "
-        "WHERE search_fts MATCH ? AND slug IS NOT NULL", (expression,))) if expression else {}
-    assert {slug for slug, score in ours.items() if score > 0} == set(fts5)
-    for slug, score in fts5.items():
-        assert ours[slug] == pytest.approx(score, rel=1e-6)   # the copy keeps 32-bit hits
-
-
-def test_stems_are_the_indexed_forms(tmp_path):
-    index = SearchIndex(tmp_path / "kb.sqlite3")
-    assert index.stems(["gradients", "normalising", "Dying", "", "relu"]) == ["gradient", "normalis", "dy", "", "relu"]
-    assert index.stems([]) == []
