@@ -2,7 +2,7 @@
 
 Modes, each running the same snippets of every answer, one answer after the other:
 - exec: in-process `exec` in one warm interpreter, no isolation (bench/harness.py `exec`);
-- runner: `kb.runner.Runner.run`, no cache (fork server, one forked child per answer);
+- runner: `kb.run.runner.Runner.run`, no cache (fork server, one forked child per answer);
 - subprocess: a fresh `python` per answer (bench/harness.py `one`);
 - kernel: a fresh Jupyter kernel per answer, the answer's notebook executed by nbclient.
 Modes are interleaved answer by answer (each answer runs in all four modes, in an order rotated
@@ -17,9 +17,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from kb import evidence as ev
-from kb.answer import Answer, Snippet, load_answers
-from kb.runner import Runner
+from kb.format.answer import Answer, Snippet, load_answers
+from kb.run.runner import Runner
+from kb.store import evidence as ev
 
 from . import runner_overhead
 from .common import PYTHON, ROOT, env, log, med_spread, median, percentile, table, verdict

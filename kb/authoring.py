@@ -8,9 +8,9 @@ from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import evidence as ev
-from .answer import SLUG_RE, Answer, FormatError
-from .topics import BY_KEY as TOPICS
+from kb.format.answer import SLUG_RE, Answer, FormatError
+from kb.format.topics import BY_KEY as TOPICS
+from kb.store import evidence as ev
 
 PLACEHOLDERS = {  # what `kb new` writes and `kb lint` flags until the author replaces it
     "summary": "Answer the question in one or two sentences; the page and search results show this first.",

@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from . import evidence as ev
-from .answer import load_answers
+from kb.format.answer import load_answers
+from kb.run.checker import check_all, problems
+from kb.run.runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits, Runner
+from kb.store import evidence as ev
+from kb.store.cache import Store
+
 from .authoring import CHECK_COMMAND, lint, new_answer
-from .checker import check_all, problems
-from .runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits, Runner
-from .store import Store
 
 DEFAULT_DB = os.environ.get("KB_DB", ".kb/kb.sqlite3")
 DEFAULT_ANSWERS = os.environ.get("KB_ANSWERS", "answers")
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None,
 
 
 def cmd_gaps(args: argparse.Namespace) -> int:
-    from .gaps import Gaps
+    from kb.store.gaps import Gaps
 
     entries = Gaps(args.db).list(args.limit)
     if args.json:

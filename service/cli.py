@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from kb import cli
-from kb.semantic import ModelFileError
+from kb.search.embeddings import ModelFileError
 
 from .export import ExportError, build
 

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from flask import abort, current_app, request
 
-from kb import evidence as ev
-from kb.answer import Answer
+from kb.format.answer import Answer
+from kb.store import evidence as ev
 
 from .knowledge import library, run_slot
 

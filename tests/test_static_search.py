@@ -9,10 +9,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from helpers import ROOT, run_cli
-from kb.index import TOKENIZE, WORD_RE, SearchIndex
 from lookup_cases import CASES
+
+from kb.search.index import TOKENIZE, WORD_RE, SearchIndex
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():

@@ -1,6 +1,6 @@
 """The fork server: a single-threaded interpreter with NumPy and matplotlib preloaded.
 
-Started once by `kb.runner.Runner` (`python -m kb.forkserver SOCKET`). For every connection it
+Started once by `kb.run.runner.Runner` (`python -m kb.run.server SOCKET`). For every connection it
 forks a child that runs one answer's snippets and streams the results back on that connection;
 forking a warm interpreter costs about a millisecond, against ~100 ms for a fresh Python that
 imports NumPy. The server itself never runs authored code and never blocks on a client: the
@@ -13,7 +13,7 @@ Nothing a snippet starts outlives its run: the server and every child are child 
 (Linux `PR_SET_CHILD_SUBREAPER`), so a process that leaves its group (`setsid`, a double fork)
 is still reparented to them rather than to init, and the server kills every process reparented
 to it, which happens only once the run that started it is over. Each child also gets resource
-limits (`confine`); the environment it inherits is the allow-listed one `kb.runner` gives the server.
+limits (`confine`); the environment it inherits is the allow-listed one `kb.run.runner` gives the server.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .evidence import Error
+    from kb.store.evidence import Error
 
 HEADER = struct.Struct("!I")
 # Spare children kept forked and warmed. With one, a run that follows another at once waits for

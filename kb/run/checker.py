@@ -5,12 +5,13 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING
 
-from . import evidence as ev
-from .answer import Answer
+from kb.format.answer import Answer
+from kb.store import evidence as ev
 
 if TYPE_CHECKING:  # the runner and the store are only passed through here
+    from kb.store.cache import Store
+
     from .runner import Runner
-    from .store import Store
 
 
 def evidence_for(answer: Answer, runner: Runner, store: Store | None = None,

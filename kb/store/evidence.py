@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import numpy
 
-from .answer import Answer, Snippet
+from kb.format.answer import Answer, Snippet
 
 if TYPE_CHECKING:
-    from .runner import Limits
+    from kb.run.runner import Limits
 
 
 class Check(TypedDict):
