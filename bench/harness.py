@@ -1,6 +1,6 @@
 """The baselines' way of running an answer's snippets, as close to the runner's child as it gets.
 
-One function, `run_answer`, does what `kb.run.server._run_answer` does minus the isolation:
+One function, `run_answer`, does what `kb.run.child.run_answer` does minus the isolation:
 seed NumPy's and Python's RNGs, give the snippets one fresh namespace with a `check(...)` that
 records claims (values rendered with the runner's own `show`), capture each snippet's stdout,
 save every figure a snippet leaves open as SVG (as the runner does) and close it. It is used by
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from kb.run.server import show  # noqa: E402 - the runner's rendering of checked values
+from kb.run.child import show  # noqa: E402 - the runner's rendering of checked values
 
 SEED = 0
 

@@ -15,7 +15,8 @@ from typing import Any, Protocol, TypeVar
 
 from kb.format.answer import load_answers
 from kb.run.checker import check_all, problems
-from kb.run.runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits, Runner
+from kb.run.limits import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits
+from kb.run.runner import Runner
 from kb.store import evidence as ev
 from kb.store.cache import Store
 

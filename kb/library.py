@@ -26,7 +26,8 @@ from typing import Any
 from kb.format.answer import Answer, FormatError, load_answers, parse_answer
 from kb.render.markdown import Rendered, render_answer
 from kb.run.checker import check_all, evidence_for
-from kb.run.runner import Limits, Runner
+from kb.run.limits import Limits, cut_short
+from kb.run.runner import Runner
 from kb.search.embeddings import shared_embedder
 from kb.search.index import SearchIndex
 from kb.search.lookup import Lookup
@@ -212,7 +213,7 @@ class Library:
         """
         with self.store.database.exclusive():
             missing = [a for a in self.answers.values()
-                       if (cached := self.store.get(a)) is None or ev.cut_short(cached, self.limits)]
+                       if (cached := self.store.get(a)) is None or cut_short(cached, self.limits)]
             if progress and missing:
                 log.info("running %d answer(s) without evidence; their pages say 'evidence pending' until it arrives",
                          len(missing))

@@ -15,7 +15,8 @@ import pytest
 
 from kb.format.answer import Answer, FormatError, Snippet, load_answers
 from kb.run.checker import evidence_for
-from kb.run.runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits, Runner
+from kb.run.limits import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits
+from kb.run.runner import Runner
 from kb.store import evidence as ev
 from kb.store.cache import Store
 

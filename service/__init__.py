@@ -20,7 +20,8 @@ from flask import Flask, g, request
 from flask.json.provider import DefaultJSONProvider
 
 from kb.library import Library
-from kb.run.runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits, clean_up_on_sigterm
+from kb.run.limits import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits
+from kb.run.runner import clean_up_on_sigterm
 from kb.store.gaps import Gaps
 
 from . import guard

@@ -6,7 +6,8 @@ import threading
 from helpers import answer_text, check_json, run_cli
 
 from kb.format.answer import load_answers
-from kb.run.runner import Limits, Runner
+from kb.run.limits import Limits
+from kb.run.runner import Runner
 
 HOSTILE = {
     "endless-loop": ("while True:\n    pass", "timeout", "longer than its 2 s limit"),

@@ -18,8 +18,8 @@ import pytest
 from helpers import answer_text, check_json, settle
 
 from kb.format.answer import load_answers
-from kb.run.runner import Limits, Runner
-from kb.run.server import FILE_SIZE, OPEN_FILES, PROCESSES
+from kb.run.limits import FILE_SIZE, OPEN_FILES, PROCESSES, Limits
+from kb.run.runner import Runner
 
 DAEMONS = '''import os, subprocess
 # A daemon in a session of its own, started the ordinary way...

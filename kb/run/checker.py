@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from kb.format.answer import Answer
 from kb.store import evidence as ev
 
+from .limits import cut_short
+
 if TYPE_CHECKING:  # the runner and the store are only passed through here
     from kb.store.cache import Store
 
@@ -19,7 +21,7 @@ def evidence_for(answer: Answer, runner: Runner, store: Store | None = None,
     """(evidence, came_from_cache). Fresh evidence is written back to the store."""
     if store is not None and use_cache:
         cached = store.get(answer)
-        if cached is not None and not ev.cut_short(cached, runner.limits):
+        if cached is not None and not cut_short(cached, runner.limits):
             return cached, True
     evidence = runner.run(answer)
     if store is not None:

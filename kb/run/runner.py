@@ -24,13 +24,14 @@ import tempfile
 import threading
 import time
 import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from types import FrameType
 
 from kb.format.answer import Answer
 from kb.store import evidence as ev
 
-from .server import recv_frame, send_frame
+from .frames import recv_frame, send_frame
+from .limits import Limits
 
 SEED = 0
 # What a snippet may see of the environment: enough to find programs, a home, a locale, a
@@ -38,22 +39,6 @@ SEED = 0
 ENVIRONMENT = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH", "MPLCONFIGDIR")
 RUNNER_PREFIX = "kb-forkserver-"  # not the unlocked "kb-runner-" of earlier versions: never swept
 _live: weakref.WeakSet[Runner] = weakref.WeakSet()  # runners to clean up on SIGTERM
-
-
-@dataclass(frozen=True)
-class Limits:
-    timeout: float = 30.0  # seconds of wall-clock time per answer
-    memory: int = 1 << 30  # bytes a child may allocate beyond the preloaded interpreter
-    output: int = 64 << 10  # bytes (UTF-8) of stdout, and of stderr, kept per snippet
-
-    @classmethod
-    def of(cls, timeout: float, memory_mb: float, output_kib: float) -> Limits:
-        """Limits in the units people set them in (the CLI, pytest and the service's settings)."""
-        return cls(timeout=float(timeout), memory=int(memory_mb * 2**20), output=int(output_kib * 2**10))
-
-
-DEFAULT_MEMORY_MB = Limits.memory >> 20
-DEFAULT_OUTPUT_KIB = Limits.output >> 10
 
 
 class Runner:
