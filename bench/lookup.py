@@ -106,7 +106,7 @@ def seed_random_vectors(db_path, answers) -> None:
     with Database(db_path).write() as db:                 # without loading the model
         db.execute(CACHE_SQL)
         db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?)",
-                       [(cache_key(t), v.tobytes()) for t, v in zip(texts, vectors)])
+                       [(cache_key(t), v.tobytes()) for t, v in zip(texts, vectors, strict=True)])
 
 
 def synthetic(n: int, work: Path) -> Lookup:

@@ -76,7 +76,7 @@ def generate(directory: Path, n: int, seed: int = SEED) -> None:
     cdf = np.cumsum(weights)
     cdf /= cdf[-1]
     content_pool = content[:3000] + made_up[:2000]
-    tag_pool = real_tags + [f"{a}-{b}" for a, b in zip(rng.choice(content[:400], 60), rng.choice(content[:400], 60))]
+    tag_pool = real_tags + [f"{a}-{b}" for a, b in zip(rng.choice(content[:400], 60), rng.choice(content[:400], 60), strict=True)]
     tag_pool = sorted({t.lower() for t in tag_pool})
 
     def draw(k: int) -> list[str]:

@@ -205,7 +205,7 @@ def _always_true(node: ast.expr) -> bool:
     if isinstance(node, ast.Compare):
         operands = [node.left, *node.comparators]
         return all(isinstance(op, SELF_TRUE_OPS) and ast.dump(a) == ast.dump(b)
-                   for op, a, b in zip(node.ops, operands, operands[1:]))
+                   for op, a, b in zip(node.ops, operands, operands[1:], strict=False))  # operands has one more
     if isinstance(node, ast.Call) and len(node.args) >= 2:
         name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
         return name in SELF_TRUE_CALLS and ast.dump(node.args[0]) == ast.dump(node.args[1])

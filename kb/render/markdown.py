@@ -385,5 +385,6 @@ class _Doc:
         md = _markdown(self._slugify)
         body = self._finish(_CLEANER.clean(md.convert(self._source(text, snippets))))
         # The toc extension sets these on the Markdown object (they are not declared by its class).
-        toc = self._finish(_CLEANER.clean(getattr(md, "toc"))) if getattr(md, "toc_tokens") else ""
+        attributes = vars(md)
+        toc = self._finish(_CLEANER.clean(attributes["toc"])) if attributes["toc_tokens"] else ""
         return body, toc
