@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 
-from helpers import ROOT
+from helpers import KB, ROOT, answer_text
 
 WEB = ("flask", "werkzeug", "jinja2", "service")
 
@@ -27,3 +27,24 @@ def test_the_core_library_loads_no_web_framework():
     loaded = loaded_modules("import kb.cli, kb.library, kb.pytest_plugin, kb.authoring")
     assert "kb" in loaded
     assert [name for name in loaded if name in WEB] == []
+
+
+def test_kb_check_loads_no_web_framework(tmp_path):
+    """The installed `kb` is kb.cli:main; `build` comes from the service by entry point, and only
+    `kb build` loads it."""
+    (tmp_path / "one.md").write_text(answer_text(snippets=["check('one is one', 1 == 1, 1)"]))
+    code = (f"from kb.cli import main\n"
+            f"assert main(['check', {str(tmp_path / 'one.md')!r}, '--db', {str(tmp_path / 'kb.sqlite3')!r}]) == 0")
+    loaded = loaded_modules(code)
+    assert "kb" in loaded and "numpy" in loaded
+    assert [name for name in loaded if name in WEB] == []
+
+
+def test_python_m_kb_is_the_kb_command():
+    """Same commands, `build` included (review: `python -m kb build` used to be an invalid choice)."""
+    installed = subprocess.run([str(KB), "--help"], capture_output=True, text=True, timeout=60)
+    module = subprocess.run([sys.executable, "-m", "kb", "--help"], capture_output=True, text=True, timeout=60)
+    assert installed.returncode == module.returncode == 0
+    assert installed.stdout == module.stdout
+    assert "build" in module.stdout and "check" in module.stdout
+
