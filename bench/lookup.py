@@ -25,15 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from kb.format.answer import load_answers
+from kb.search import evaluation as lookup_data
 from kb.search.embeddings import DIMENSION, shared_embedder
 from kb.search.index import SearchIndex, clean_body
 from kb.search.lookup import Lookup
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))            # `from bench import scale` when run as a script
-sys.path.insert(0, str(ROOT / "bench"))  # bench/ is scripts, not a package on the path
-
-import lookup_data  # noqa: E402  (after the path line above)
 
 TOKEN_RE = re.compile(r"[^\W_]+")
 
@@ -70,6 +68,11 @@ def quality(lookup: Lookup, answers: dict) -> dict:
         "today": _ranks(lambda q: [h["slug"] for h in lookup.index.search(q, everything)], inside),
         "bm25": _ranks(plain, inside),
     }
+    from kb.search import fit
+
+    weights = lookup.weights
+    judged = fit.judge(fit.outcomes(test, fit.plain(test, lookup.cache.database.path), weights), weights)
+    out["table"] = fit.table(judged)  # issue 19: precision when confident, coverage, shown-contains-right
     out["ours"]["inside_not_confident"] = np.mean([not lookup.search(q, 1)["confident"] for q, _ in inside])
     out["ours"]["outside_not_confident"] = np.mean([not lookup.search(q, 1)["confident"] for q in outside]) if outside else None
     out["outside"] = len(outside)
@@ -190,6 +193,14 @@ def report(r: dict) -> tuple[str, dict]:
         extra = (f"{row['outside_not_confident']:.0%} | {row['inside_not_confident']:.1%}"
                  if name == "ours" and row["outside_not_confident"] is not None else "n/a | n/a")
         lines.append(f"| {label} | {row['top1']:.1%} | {row['top3']:.1%} | {row['mrr']:.3f} | {extra} |")
+    t = q.get("table")
+    if t:
+        lines += ["", "What the learner's page does with it (issue 19; test split, aliases that near-duplicate a test "
+                  "question left out):", "",
+                  "| top-1 | top-3 | precision when confident | coverage | two fit | shown contains right | "
+                  "out of scope not confident |", "|---|---|---|---|---|---|---|",
+                  f"| {t['top1']:.1%} | {t['top3']:.1%} | {t['precision_when_confident']:.1%} | {t['coverage']:.1%} | "
+                  f"{t['two_fit']:.1%} | {t['shown_contains_right']:.1%} | {t['out_of_scope_not_confident']:.1%} |"]
     lines += ["", "| answers | p50 ms | p99 ms | lexical stage p50 ms | lexical p99 ms |", "|---|---|---|---|---|"]
     for name, row in r["latency"].items():
         lines.append(f"| {name} | {row['p50']:.1f} | {row['p99']:.1f} | {row['lexical_p50']:.2f} | {row['lexical_p99']:.2f} |")
@@ -209,6 +220,11 @@ def report(r: dict) -> tuple[str, dict]:
             row["p50"] <= 15 and row["p99"] <= 40 for row in r["latency"].values()),
         "lookup: lexical stage p50 <= 2 ms at 10,000": big["lexical_p50"] <= 2,
     }
+    if t:
+        met.update({"lookup: precision when confident >= 95%": t["precision_when_confident"] >= 0.95,
+                    "lookup: coverage >= 75%": t["coverage"] >= 0.75,
+                    "lookup: shown contains right >= 97%": t["shown_contains_right"] >= 0.97,
+                    "lookup: out of scope not confident >= 85%": t["out_of_scope_not_confident"] >= 0.85})
     return "\n".join(lines), met
 
 

@@ -34,7 +34,7 @@ from bench.common import PYTHON, SNIPPET_ENV, env, log, median, percentile  # no
 
 os.environ.update(SNIPPET_ENV)
 
-from bench import incremental, lookup, overhead, scale, serving  # noqa: E402
+from bench import incremental, lookup, overhead, scale, search_mix, serving  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.md"
 PLOT = ROOT / "bench" / "results.png"
@@ -164,11 +164,13 @@ def measure_all() -> dict:
         r3 = scale.run(sizes)
         log("lookup: quality on the test split, latency, memory, start-up")
         r5 = lookup.run(tuple(n for n in sizes if n >= 10_000) or (max(sizes),))
+        log("search mix: /api/search under wrk, Zipf over the evaluation set's questions, against the floor")
+        r6 = search_mix.run(rounds=max(1, rounds - 1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     info["minutes"] = (time.monotonic() - started) / 60
     info["date"] = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
-    raw = {"machine": info, "overhead": r1, "serving": r2, "scale": r3, "incremental": r4, "lookup": r5}
+    raw = {"machine": info, "overhead": r1, "serving": r2, "scale": r3, "incremental": r4, "lookup": r5, "search_mix": r6}
     RAW.write_text(json.dumps(raw), encoding="utf-8")
     return raw
 
@@ -185,6 +187,8 @@ def main() -> int:
     reports = [(overhead.report, r1), (serving.report, r2), (scale.report, r3), (incremental.report, r4)]
     if "lookup" in raw:
         reports.append((lookup.report, raw["lookup"]))
+    if "search_mix" in raw:
+        reports.append((search_mix.report, raw["search_mix"]))
     for report, result in reports:
         text, met = report(result)
         sections.append(text)

@@ -9,19 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from kb.format.answer import SLUG_RE, Answer, FormatError
+from kb.format.draft import PLACEHOLDERS
 from kb.format.topics import BY_KEY as TOPICS
 from kb.store import evidence as ev
-
-PLACEHOLDERS = {  # what `kb new` writes and `kb lint` flags until the author replaces it
-    "summary": "Answer the question in one or two sentences; the page and search results show this first.",
-    "alias": "Another way a learner asks this question",
-    "tag": "replace-this-tag",
-    "source": "The lecture, paper or book section this explanation follows",
-    "check": "the mean of 1,000 standard normal draws is within 0.1 of 0",
-    "short answer": "Say the answer plainly, as in the summary.",
-    "why": "Explain step by step in the course's notation",
-    "caveat": "Say when the opposite choice is right.",
-}
 
 SKELETON = '''---
 title: {title}

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from kb.format.answer import load_answers
@@ -67,19 +68,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="MiB an answer may allocate (default: %(default)s)")
     check.add_argument("--output-kib", type=positive(float), default=DEFAULT_OUTPUT_KIB,
                        help="KiB of output kept per snippet (default: %(default)s)")
+    check.add_argument("--no-index", action="store_true",
+                       help="skip embedding the answers' texts for search (by default the database carries them, "
+                            "so a service started on it embeds nothing)")
     check.add_argument("-j", "--jobs", type=positive(int), default=os.cpu_count() or 1, help="answers run at once (default: %(default)s)")
     new = commands.add_parser("new", help="write a skeleton answer for a question")
     new.add_argument("question", help='the question as a learner asks it, e.g. "Why is ReLU better than sigmoid?"')
     new.add_argument("--dir", default=DEFAULT_ANSWERS, help=f"answers directory (default: {DEFAULT_ANSWERS})")
+    new.add_argument("--db", default=DEFAULT_DB, help=f"SQLite store holding the answers' vectors (default: {DEFAULT_DB})")
+    new.add_argument("--no-lookup", action="store_true", help="do not look the question up among the existing answers")
     lint = commands.add_parser("lint", help="report one-way or missing links, answers without checks, "
                                             "figures without alt text, duplicated aliases")
     lint.add_argument("paths", nargs="*", metavar="PATH", help=f"answer files or directories (default: {DEFAULT_ANSWERS})")
     lint.add_argument("--db", default=DEFAULT_DB, help=f"SQLite evidence cache (default: {DEFAULT_DB})")
+    index = commands.add_parser("index", help="embed the answers' texts for search into the database "
+                                              "(what `kb check` does after running)")
+    index.add_argument("paths", nargs="*", metavar="PATH", help=f"answer files or directories (default: {DEFAULT_ANSWERS})")
+    index.add_argument("--db", default=DEFAULT_DB, help=f"SQLite store (default: {DEFAULT_DB})")
     gaps = commands.add_parser("gaps", help="list what learners searched for without a confident answer, most asked first")
     gaps.add_argument("--json", action="store_true", help="print the list as JSON")
     gaps.add_argument("--db", default=DEFAULT_DB, help=f"SQLite store of the service (default: {DEFAULT_DB})")
     gaps.add_argument("--limit", type=positive(int), default=None, help="show at most this many")
-    run: dict[str, Command] = {"check": cmd_check, "new": cmd_new, "lint": cmd_lint, "gaps": cmd_gaps}
+    run: dict[str, Command] = {"check": cmd_check, "new": cmd_new, "lint": cmd_lint, "gaps": cmd_gaps,
+                               "index": cmd_index}
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     if chosen not in run:  # another package's command, or help or a usage error: list them all
         for entry in plugin_commands().values():
@@ -108,7 +119,51 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     return 0
 
 
+def embed(answers: Mapping[str, Any], db: str, report: Any) -> None:
+    """Store the vectors of the answers' texts (only those not stored yet), so that a service
+    started on this database embeds nothing (`kb.search.lookup.embed_answers`)."""
+    from kb.search.embeddings import shared_embedder
+    from kb.search.lookup import embed_answers
+
+    started = time.monotonic()
+    embedded, total = embed_answers(answers.values(), db, shared_embedder())
+    print(f"search: {total} texts, {embedded} embedded in {time.monotonic() - started:.2f} s", file=report, flush=True)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    answers, errors = load_answers(args.paths or [DEFAULT_ANSWERS])
+    for error in errors:
+        print(error, file=sys.stderr)
+    embed(answers, args.db, sys.stdout)
+    return 2 if errors else 0
+
+
+def existing_answers(question: str, folder: str, db: str) -> list[tuple[str, str]]:
+    """(slug, title) of the existing answers that already fit the question, as search judges it:
+    the confident one, or both when two fit. Drafts do not count."""
+    from kb.format.draft import is_draft
+    from kb.search.embeddings import shared_embedder
+    from kb.search.index import SearchIndex
+    from kb.search.lookup import Lookup
+
+    answers, _ = load_answers([folder]) if Path(folder).is_dir() else ({}, [])
+    answers = {slug: a for slug, a in answers.items() if not is_draft(a)}
+    if not answers:
+        return []
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    lookup = Lookup(SearchIndex(db), db, shared_embedder())
+    lookup.rebuild(answers.values())   # embeds only what the database lacks (`kb check` stores it all)
+    found = lookup.search(question, 2)
+    fits = {"one": 1, "two": 2}.get(found["fit"], 0)
+    return [(hit["slug"], hit["title"]) for hit in found["results"][:fits]]
+
+
 def cmd_new(args: argparse.Namespace) -> int:
+    if not args.no_lookup:
+        fits = existing_answers(args.question, args.dir, args.db)
+        for slug, title in fits:
+            print(f"warning: {args.dir}/{slug}.md already answers this: {title!r}; extend it, or add your "
+                  f"phrasing to its aliases, rather than writing a second answer", file=sys.stderr)
     try:
         path = new_answer(args.question, args.dir)
     except (ValueError, FileExistsError) as exc:
@@ -157,6 +212,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             for line in problems(evidence, answer.path):
                 print(f"    {line}", file=report, flush=True)
             results.append(evidence)
+    if not args.no_index and answers:
+        embed(answers, args.db, sys.stderr)
     statuses = [e["status"] for e in results]
     print(f"{statuses.count('passed')} passed, {len(statuses) - statuses.count('passed')} not passed, "
           f"{len(errors)} format error(s) in {time.monotonic() - started:.2f} s", file=report)

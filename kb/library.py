@@ -24,11 +24,12 @@ from types import MappingProxyType
 from typing import Any
 
 from kb.format.answer import Answer, FormatError, load_answers, parse_answer
+from kb.format.draft import is_draft
 from kb.render.markdown import Rendered, render_answer
 from kb.run.checker import check_all, evidence_for
 from kb.run.limits import Limits, cut_short
 from kb.run.runner import Runner
-from kb.search.embeddings import shared_embedder
+from kb.search.embeddings import Embedder, shared_embedder
 from kb.search.index import SearchIndex
 from kb.search.lookup import Lookup
 from kb.store import evidence as ev
@@ -61,12 +62,15 @@ EMPTY = Snapshot(0, MappingProxyType({}), ())
 class Library:
     def __init__(self, answers_dir: str | os.PathLike[str], db_path: str | os.PathLike[str],
                  limits: Limits | None = None, watch_interval: float = 1.0, run_changed: bool = False,
-                 model_file: str | os.PathLike[str] | None = None, embed_in_background: bool = False) -> None:
+                 model_file: str | os.PathLike[str] | None = None, embed_in_background: bool = False,
+                 embedder: Embedder | None = None, semantic: bool = True) -> None:
         self.answers_dir = Path(answers_dir)
         self.store = Store(db_path)
         self.index = SearchIndex(db_path)
         # Checks the model file against its pinned hash first: a bad file stops start-up here.
-        self.lookup = Lookup(self.index, db_path, shared_embedder(model_file))
+        # Without `semantic` (the static export, whose search is lexical) the model is never loaded.
+        self.lookup: Lookup | None = (Lookup(self.index, db_path, embedder or shared_embedder(model_file))
+                                      if semantic else None)
         self.embed_in_background = embed_in_background
         self.limits = limits or Limits()
         self.watch_interval = watch_interval
@@ -156,12 +160,21 @@ class Library:
             if files == self._files_seen and not force:
                 return False
             answers, errors = load_answers([self.answers_dir], parse=self._parse_remembered(files))
-            if self.embed_in_background and self._files_seen is None:  # the first load
-                self.lookup.rebuild_in_background(answers.values())
-            else:
-                self.lookup.rebuild(answers.values())
+            first = self._files_seen is None
             self._files_seen = files
             self.snapshot = Snapshot(self.snapshot.generation + 1, MappingProxyType(answers), tuple(errors))
+        # The search follows off the request path: nothing here waits for embedding, and no lock
+        # is held while the worker runs (`Lookup.submit`: single flight, the newest answers win).
+        # Drafts (still holding `kb new`'s placeholders) are not searched.
+        searchable = [a for a in answers.values() if not is_draft(a)]
+        if self.lookup is None:
+            self.index.rebuild(searchable)
+        elif first and not self.embed_in_background:
+            self.lookup.wait(self.lookup.submit(searchable))  # `KB_RUN_MISSING=wait|off`: ready on return
+        else:
+            if first:
+                self.index.rebuild(searchable)  # the lexical fallback is current at once (milliseconds)
+            self.lookup.submit(searchable)
         for error in errors:
             log.warning("%s", error)
         if self.run_changed and edited:
@@ -185,7 +198,14 @@ class Library:
         return self.store.figure(answer.slug, name)
 
     def search(self, query: str, limit: int = 5) -> dict[str, Any]:
-        """{"confident", "results"}: the answers best first, each with its best section (kb.search.lookup)."""
+        """{"confident", "fit", "ready", "shown", "results"}: the answers best first, each with its
+        best section (kb.search.lookup). Without the semantic stage: the lexical one, never confident."""
+        if self.lookup is None:
+            hits = self.index.candidates(query, limit)
+            answers = self.answers
+            results = [{"slug": s, "title": answers[s].title, "summary": answers[s].summary, "score": 0.0,
+                        "section": {"anchor": "", "title": answers[s].title}} for s, _ in hits if s in answers]
+            return {"confident": False, "fit": "none", "ready": False, "shown": min(3, len(results)), "results": results}
         return self.lookup.search(query, limit)
 
     def run(self, answer: Answer) -> ev.Evidence:

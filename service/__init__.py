@@ -91,7 +91,8 @@ def create_app(config: dict | None = None) -> Flask:
     app.config["KB_RUN_MISSING"] = run_missing  # background | wait | off, whatever spelling was given
     library = Library(app.config["KB_ANSWERS"], app.config["KB_DB"], limits,
                       run_changed=run_missing != "off" and not app.config["KB_STATIC"],
-                      model_file=app.config["KB_MODEL_FILE"] or None, embed_in_background=run_missing == "background")
+                      model_file=app.config["KB_MODEL_FILE"] or None, embed_in_background=run_missing == "background",
+                      semantic=not app.config["KB_STATIC"])  # the export's search is lexical: no model
     if run_missing == "background":
         _show_progress()
         library.run_missing_in_background()

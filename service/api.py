@@ -84,17 +84,20 @@ def search():
     if not re.fullmatch("[0-9]{1,2}", raw_limit) or not 1 <= int(raw_limit) <= 50:  # not isdigit(): "²"
         abort(400, "'limit' must be a whole number from 1 to 50.")
     found = lookup(query, int(raw_limit))
-    return jsonify(query=query, confident=found["confident"], results=found["results"])
+    return jsonify(query=query, confident=found["confident"], fit=found["fit"], ready=found["ready"],
+                   results=found["results"])
 
 
 def lookup(query: str, limit: int) -> dict:
-    """{"confident", "results"}: each result links to its best section; a query without a
-    confident answer is counted in the store's gaps (`python -m kb gaps`)."""
+    """{"confident", "fit", "ready", "shown", "results"}: each result's `url` opens its answer at
+    the top (title, summary, short answer in view); `section` names the best-matching section, for
+    a "jump to" link. A question without a confident answer is counted in the store's gaps
+    (`kb gaps`), unless the semantic stage was not ready to judge it."""
     found = library().search(query, limit)
     found["results"] = [{"slug": hit["slug"], "title": hit["title"], "summary": hit["summary"], "score": hit["score"],
-                         "url": url_for("pages.answer", slug=hit["slug"], _anchor=hit["section"]["anchor"] or None),
+                         "url": url_for("pages.answer", slug=hit["slug"]),
                          "section": hit["section"]} for hit in found["results"]]
-    if not found["confident"] and not current_app.config["KB_STATIC"]:
+    if not found["confident"] and found["ready"] and not current_app.config["KB_STATIC"]:
         current_app.extensions["kb_gaps"].record(query)
     return found
 

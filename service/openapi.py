@@ -87,19 +87,28 @@ SCHEMAS = {
                        "html": {"type": "string"}, "evidence": {"$ref": "#/components/schemas/Evidence"}},
     },
     "SearchResults": {
-        "type": "object", "required": ["query", "confident", "results"], "additionalProperties": False,
+        "type": "object", "required": ["query", "confident", "fit", "ready", "results"], "additionalProperties": False,
         "properties": {
             "query": {"type": "string"},
-            "confident": {"type": "boolean", "description": "Whether the best result's score reaches the confidence "
-                          "threshold; when false the results are still the nearest answers"},
+            "confident": {"type": "boolean", "description": "Whether the first result is, by the fitted confidence "
+                          "rule (its score and its margin over the second), the answer asked for; when false the "
+                          "results are still the nearest answers"},
+            "fit": {"type": "string", "enum": ["one", "two", "none"],
+                    "description": "one: confident; two: two neighbouring answers fit about equally (the reader "
+                    "picks); none: no answer fits yet"},
+            "ready": {"type": "boolean", "description": "False while the semantic stage is being built after a "
+                      "start on a database without vectors: the results come from the lexical stage alone and "
+                      "are never confident"},
             "results": {"type": "array", "items": {
                 "type": "object", "required": ["slug", "title", "summary", "score", "url", "section"],
                 "additionalProperties": False,
                 "properties": {"slug": {"type": "string"}, "title": {"type": "string"}, "summary": {"type": "string"},
                                "score": {"type": "number", "minimum": 0, "maximum": 1,
                                          "description": "Calibrated probability that this is the answer asked for"},
-                               "url": {"type": "string", "description": "The answer's page at its best-matching section"},
-                               "section": {"type": "object", "required": ["anchor", "title"], "additionalProperties": False,
+                               "url": {"type": "string", "description": "The answer's page, at its top (title, summary, short answer)"},
+                               "section": {"description": "The best-matching section: its anchor on the page ('' "
+                                           "for the text before the first heading) and its title",
+                                           "type": "object", "required": ["anchor", "title"], "additionalProperties": False,
                                            "properties": {"anchor": {"type": "string"}, "title": {"type": "string"}}}}}},
         },
     },

@@ -7,6 +7,7 @@ import re
 from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
 from markupsafe import Markup
 
+from kb.format.draft import is_draft
 from kb.format.topics import BY_KEY, TOPICS
 from kb.render.markdown import figure_size, highlight_python, pygments_css, render_inline
 from kb.store import evidence as ev
@@ -43,7 +44,8 @@ def favicon():
 
 
 def _entries(answers):
-    chosen = sorted(answers, key=lambda a: a.title)
+    """The listed answers with their statuses: drafts (kb new's placeholders still in) are not listed."""
+    chosen = sorted((a for a in answers if not is_draft(a)), key=lambda a: a.title)
     statuses = library().statuses(chosen)
     return [(a, statuses[a.slug]) for a in chosen]
 
@@ -55,7 +57,7 @@ def index():
     groups = [(topic, [e for e in entries if e[0].topic == topic.key]) for topic in TOPICS]
     groups = [(topic, chosen) for topic, chosen in groups if chosen]
     other = [e for e in entries if e[0].topic not in BY_KEY]
-    tags = sorted({t for a in known.answers.values() for t in a.tags})
+    tags = sorted({t for a, _ in entries for t in a.tags})
     return render_template("index.html", groups=groups, other=other, total=len(entries), tags=tags,
                            errors=known.errors, alternate=url_for("api.answers"), home=True)
 
@@ -103,7 +105,7 @@ def _answer_page(answer, evidence, announce=None) -> str:
              for s in evidence["snippets"] for f in s["figures"]}
     return render_template("answer.html", answer=answer, evidence=evidence, parts=parts, related=related,
                            counts=ev.describe(ev.counts(evidence, answer)), toc=rendered.toc,
-                           topic=BY_KEY.get(answer.topic), announce=announce,
+                           topic=BY_KEY.get(answer.topic), announce=announce, draft=is_draft(answer),
                            show_lead=not repeats_lead(answer.summary, rendered.parts),
                            figure_url=lambda name: f"{figure_url(answer.slug, name)}?v={version}",
                            figure_size=lambda index, name: sizes.get((index, name)),
@@ -181,10 +183,9 @@ def run(slug):
 @pages.get("/search")
 def search():
     query = request.args.get("q", "").strip()[:500]
-    found = lookup(query, 10) if query else {"confident": False, "results": []}
+    found = lookup(query, 3) if query else {"confident": False, "fit": "none", "ready": True, "shown": 0, "results": []}
     alternate = url_for("api.search", q=query) if query else None
-    return render_template("search.html", query=query, results=found["results"], confident=found["confident"],
-                           alternate=alternate)
+    return render_template("search.html", query=query, results=found["results"], found=found, alternate=alternate)
 
 
 @pages.get("/tags/<tag>")

@@ -16,8 +16,7 @@ from kb.format.answer import load_answers
 from kb.run.checker import check_all
 from kb.run.runner import Runner
 from kb.search.embeddings import shared_embedder
-from kb.search.index import SearchIndex
-from kb.search.lookup import Lookup
+from kb.search.lookup import embed_answers
 from kb.store.cache import Store
 from service import create_app
 
@@ -53,7 +52,7 @@ def real_evidence(tmp_path_factory) -> Path:
             with Runner() as runner:
                 for _ in check_all(answers.values(), runner, Store(path)):
                     pass
-            Lookup(SearchIndex(path), path, shared_embedder()).rebuild(answers.values())
+            embed_answers(answers.values(), path, shared_embedder())  # what `kb check` does after running
             (shared / "real-answers.done").touch()
     return path
 

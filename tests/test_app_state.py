@@ -77,7 +77,7 @@ def test_first_start_answers_at_once_and_runs_missing_evidence_in_the_background
     try:
         assert client.get("/api/answers/gated/evidence").get_json()["status"] == "pending"
         assert client.get("/healthz").status_code == 200, "the service answers while the answer runs"
-        found = client.get("/api/search?q=is+the+gate+open").get_json()  # waits for the embeddings, if need be
+        found = client.get("/api/search?q=is+the+gate+open").get_json()  # at once: by words until the vectors are in
         assert found["results"][0]["slug"] == "gated"
         gate.touch()
         library.wait_for_evidence(timeout=60)

@@ -49,6 +49,9 @@ def test_a_service_on_a_database_kb_check_built_starts_without_running_anything(
     try:
         client = app.test_client()
         served = {slug: client.get(f"/api/answers/{slug}/evidence").get_json()["ran_at"] for slug in ci}
+        lookup = app.extensions["kb"].lookup
+        assert lookup.wait(timeout=60) and lookup.ready and lookup.status.embedded == 0, "kb check stored every vector"
+        assert client.get("/api/search?q=sigmoid+slope").get_json()["ready"] is True
         started = {pid: cmd for pid, (_, cmd) in descendants(os.getpid()).items() if pid not in before}
     finally:
         app.extensions["kb"].close()

@@ -15,6 +15,8 @@ import pytest
 from lookup_eval import EvalSetError, load, split_of
 
 from kb.format.answer import load_answers
+from kb.search import evaluation
+from kb.search.evaluation import copied_from, near_duplicates, words
 
 ROOT = Path(__file__).resolve().parent.parent
 MIN_REAL_IN_SCOPE = 300  # issue 9: at least 300 real learner phrasings (377 as merged)
@@ -53,6 +55,18 @@ def test_every_answer_has_real_phrasings(entries):
     assert not thin, f"answers with fewer than {MIN_REAL_PER_ANSWER} real phrasings: {thin}"
 
 
+# Aliases that are a cut of a test question, or the reverse, as merged: the pooling one was cut from a dev
+# quiz entry that a test post also quotes (code review L10); the other two are generic phrasings that
+# happen to open a test post. Answers are the content team's: the lead removes the pooling alias. Until
+# then the test figures leave these aliases out (`kb.search.fit.plain` drops every alias that
+# near-duplicates a test question), so no test question meets its copy.
+KNOWN_CUTS = {
+    ("pooling-has-no-parameters", "Because pooling layers do not have parameters, they do not affect the backpropagation"),
+    ("relu-vs-sigmoid", "What is the dying ReLU problem?"),
+    ("mini-batch-gradient-descent", "What is an epoch in mini-batch gradient descent?"),
+}
+
+
 def test_no_test_question_is_an_alias(entries):
     answers, errors = load_answers([ROOT / "answers"])
     assert not errors
@@ -60,6 +74,32 @@ def test_no_test_question_is_an_alias(entries):
     leaked = [(e.question, aliases[normalised(e.question)]) for e in entries
               if e.split == "test" and normalised(e.question) in aliases]
     assert not leaked, f"test-split questions copied into aliases (tune on dev only): {leaked}"
+
+
+def test_no_alias_is_cut_from_a_test_question_nor_the_reverse(entries):
+    answers, _ = load_answers([ROOT / "answers"])
+    test = [e.question for e in entries if e.split == "test"]
+    cut = [words(q) for q in test]
+    found = {(a.slug, alias) for a in answers.values() for alias in a.aliases
+             if copied_from(alias, cut) or any(f" {q} " in f" {words(alias)} " for q in cut)}
+    unknown = {(slug, alias) for slug, alias in found
+               if not any(slug == s and alias.startswith(start) for s, start in KNOWN_CUTS)}
+    assert not unknown, f"aliases cut from test questions, or test questions cut from aliases: {unknown}"
+
+
+def test_near_duplicates_are_found_both_ways_and_kept_out_of_the_test_figures(entries):
+    dev_post = "Because pooling layers do not have parameters, they do not affect the backpropagation calculation."
+    test_post = ("The Basics of ConvNets, Quiz, Question 8: Because pooling layers do not have parameters, they do "
+                 "not affect the backpropagation calculation. I answered True, why is it False?")
+    assert near_duplicates([test_post], [dev_post]) == [(test_post, dev_post)]
+    assert near_duplicates([dev_post], [test_post]) == [(dev_post, test_post)]
+    assert near_duplicates(["What is an epoch?"], ["Why is ReLU better than sigmoid?"]) == []
+    dev = [e.question for e in entries if e.split == "dev"]
+    test = [e.question for e in entries if e.split == "test"]
+    copies = {t for t, _ in near_duplicates(test, dev)}
+    assert copies, "the set holds posts copied into both splits (measured: 7); the check must see them"
+    reported = {q for q, _ in evaluation.entries("test")}
+    assert not copies & reported, "a test question that near-duplicates a dev one is reported"
 
 
 def test_load_rejects_a_malformed_set(tmp_path):

@@ -35,6 +35,7 @@ DIMENSION = 384
 DOCUMENT_TOKENS = 256   # the model's own limit; a longer section is read up to here
 QUERY_TOKENS = 128      # a pasted post is read up to here (its title and first paragraph): ~22 ms on one core
 BATCH = 8
+STORE_BATCH = 256       # texts embedded, then stored, at a time (a stopped worker keeps what it stored)
 RECIPE = "2"            # tokenising, truncation and pooling; part of every cache key
 CACHE_SQL = "CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, vector BLOB NOT NULL)"
 # What a cached vector depends on: both files and how they are used (bump RECIPE on change).
@@ -161,27 +162,41 @@ class EmbeddingCache:
     key = staticmethod(cache_key)
 
     def vectors(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        """The texts' vectors: read from the store, the missing ones embedded and stored.
+        """The texts' vectors: read from the store, the missing ones embedded and stored."""
+        return self.fetch(texts)[0]
+
+    def missing(self, texts: list[str]) -> int:
+        """How many of the texts have no stored vector (what `fetch` would embed)."""
+        unique = list(dict.fromkeys(self.key(t) for t in texts))
+        return len(unique) - len(self._stored(unique))
+
+    def fetch(self, texts: list[str]) -> tuple[npt.NDArray[np.float32], int]:
+        """The texts' vectors and how many of them the model embedded just now.
 
         One process embeds at a time: gunicorn workers starting on a fresh store would each
-        embed every text (tens of seconds of CPU each); the ones that wait find them stored."""
+        embed every text (tens of seconds of CPU each); the ones that wait find them stored.
+        Missing texts are embedded and stored a batch at a time, so a worker stopped half-way
+        keeps what it had embedded."""
         keys = [self.key(t) for t in texts]
         unique = list(dict.fromkeys(keys))
         found = self._stored(unique)
+        embedded = 0
         if len(found) < len(unique):
             with self.database.exclusive("embed"):
                 found.update(self._stored([k for k in unique if k not in found]))  # stored meanwhile
                 missing = [k for k in unique if k not in found]
-                if missing:
-                    text_of = dict(zip(keys, texts, strict=True))
-                    fresh = self.embedder.embed([text_of[k] for k in missing])
-                    rows = [(k, v.astype(np.float32).tobytes()) for k, v in zip(missing, fresh, strict=True)]
+                text_of = dict(zip(keys, texts, strict=True))
+                for start in range(0, len(missing), STORE_BATCH):
+                    part = missing[start:start + STORE_BATCH]
+                    fresh = self.embedder.embed([text_of[k] for k in part])
+                    rows = [(k, v.astype(np.float32).tobytes()) for k, v in zip(part, fresh, strict=True)]
                     with self.database.write() as wdb:
                         wdb.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?)", rows)
                     found.update(rows)
+                    embedded += len(part)
         if not texts:
-            return np.zeros((0, DIMENSION), dtype=np.float32)
-        return np.stack([np.frombuffer(found[k], dtype=np.float32) for k in keys])
+            return np.zeros((0, DIMENSION), dtype=np.float32), embedded
+        return np.stack([np.frombuffer(found[k], dtype=np.float32) for k in keys]), embedded
 
     def _stored(self, keys: list[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}

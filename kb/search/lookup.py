@@ -17,16 +17,20 @@ A result names the section that matched best, so a link goes straight to it
 """
 from __future__ import annotations
 
+import copy
 import html
+import json
 import logging
 import math
 import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,26 +41,61 @@ from kb.format.answer import Answer, split_lines
 from kb.format.blocks import Fence, blocks
 
 from .embeddings import Embedder, EmbeddingCache
-from .index import SearchIndex, clean_body
+from .index import SearchIndex, clean_body, digest
 
 log = logging.getLogger(__name__)
-READY_WAIT = 300.0  # seconds a search waits for the first embedding (a fresh database, on a slow machine)
 HEADING_RE = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
 LINK_RE = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 INLINE_MARKS_RE = re.compile(r"`+|\*+|(?<!\w)_+|_+(?!\w)|<[^>]+>")
 
-# Fitted by `bench/lookup_fit.py` on the dev split (592 questions over 51 answers: tests/lookup_eval
-# dev and tests/lookup_cases.py; 34 out of scope), cross-fitted (a question is never scored against
-# an alias cut from it). The ranking model: intercept, then one weight per feature of `FEATURES`.
+WEIGHTS_FILE = Path(__file__).with_name("weights.json")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The fitted constants (`kb/search/weights.json`, written by `kb.search.fit`, dev split only).
+
+    `weights`: the ranking model's intercept, then one weight per feature of `features`.
+    `calibration`: the score's intercept, the weight of the ranking logit, of the best similarity.
+    `confident`: the confidence rule's intercept and weights over `CONFIDENCE_FEATURES` (the top
+    score, its margin over the second, the best similarity, the margin between the first two
+    ranking logits), a logistic model of "the first answer is the one asked for"; confident when it
+    reaches `thresholds["confident"]`. When not confident,
+    two answers "fit" when both reach `thresholds["two"]` and the second's score is within
+    `thresholds["two_gap"]` of the first. Nothing under `thresholds["shown"]` is shown to a learner.
+    """
+
+    features: tuple[str, ...]
+    weights: tuple[float, ...]
+    calibration: tuple[float, ...]
+    confident: tuple[float, ...]
+    thresholds: dict[str, float]
+    dev_hash: str = ""
+    fitted: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] = WEIGHTS_FILE) -> Weights:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if (data.get("version") != WEIGHTS_VERSION or tuple(data["features"]) != FEATURES
+                or len(data["confident"]) != 1 + len(CONFIDENCE_FEATURES)):
+            raise ValueError(f"{path}: weights for version {data.get('version')} and features {data.get('features')}, "
+                             f"this lookup needs version {WEIGHTS_VERSION} and {FEATURES}: fit again (python -m kb.search.fit)")
+        return cls(tuple(data["features"]), tuple(data["weights"]), tuple(data["calibration"]),
+                   tuple(data["confident"]), dict(data["thresholds"]), data.get("dev_hash", ""), data.get("fitted", {}))
+
+    def to_json(self) -> str:
+        return json.dumps({"version": WEIGHTS_VERSION, "features": list(self.features), "weights": list(self.weights),
+                           "calibration": list(self.calibration), "confidence_features": list(CONFIDENCE_FEATURES),
+                           "confident": list(self.confident), "thresholds": self.thresholds,
+                           "dev_hash": self.dev_hash, "fitted": self.fitted}, indent=1) + "\n"
+
+
+WEIGHTS_VERSION = 2
 FEATURES = ("question", "summary", "section", "behind", "bm25", "bm25_strength")
-WEIGHTS = (-6.954, 2.475, 2.935, 3.739, -19.958, 5.145, -0.413)
-# The score: intercept, weight of the ranking logit, weight of the best similarity.
-CALIBRATION = (-3.246, 1.049, 5.476)
-# The best result's score at or above which the response is confident. On dev: 4.7% of the
-# in-scope questions fall below it, and 91.2% of the out-of-scope ones.
-CONFIDENT = 0.20
+CONFIDENCE_FEATURES = ("score", "margin", "similarity", "logit_margin")
 LEXICAL_CANDIDATES = 30    # answers the lexical stage proposes
 SHORTLIST = 300            # beyond this many answers, the semantic stage compares these text by text
+QUERY_CACHE = 4096         # question embeddings kept (LRU, on the normalised text)
 
 
 @dataclass(frozen=True)
@@ -101,6 +140,24 @@ class _Answer:
     summary: str
 
 
+@dataclass(frozen=True)
+class _Units:
+    """What one answer contributes to the semantic stage: its texts, their kinds, sections, vectors."""
+
+    entry: _Answer
+    texts: tuple[str, ...]
+    kind: tuple[int, ...]                      # 0 a question (title or alias), 1 the summary, 2 a section
+    section: tuple[Section | None, ...]
+    vectors: npt.NDArray[np.float32] | None = None
+
+
+def _units(answer: Answer) -> _Units:
+    parts = [(0, answer.title, None), *((0, alias, None) for alias in answer.aliases),
+             (1, answer.summary, None), *((2, s.text, s) for s in sections(answer))]
+    return _Units(_Answer(answer.slug, answer.title, answer.summary), tuple(t for _, t, _ in parts),
+                  tuple(k for k, _, _ in parts), tuple(p for _, _, p in parts))
+
+
 @dataclass
 class _State:
     entries: list[_Answer]             # by slug
@@ -110,6 +167,7 @@ class _State:
     kind: npt.NDArray[np.int8]         # 0 a question (title or alias), 1 the summary, 2 a section
     section: list[Section | None]      # the Section of each text (None unless kind 2)
     position: dict[str, int]           # slug -> index into entries
+    generation: int = 0                # which publication this is (a key of cached responses)
     start: npt.NDArray[np.intp] = field(init=False)         # each answer's first text
     end: npt.NDArray[np.intp] = field(init=False)           # and the end of its texts
     centroids: npt.NDArray[np.float32] = field(init=False)  # each answer's texts' mean direction, for the shortlist
@@ -123,58 +181,191 @@ class _State:
             sums = np.add.reduceat(self.vectors, self.start, axis=0)
             self.centroids = sums / np.clip(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12, None)
 
+    @classmethod
+    def of(cls, units: list[_Units]) -> _State:
+        """The state over these answers' units (each with its vectors), in this order."""
+        entries: list[_Answer] = []
+        texts: list[str] = []
+        owner: list[int] = []
+        kind: list[int] = []
+        section: list[Section | None] = []
+        vectors: list[npt.NDArray[np.float32]] = []
+        for i, unit in enumerate(units):
+            assert unit.vectors is not None
+            entries.append(unit.entry)
+            texts += unit.texts
+            owner += [i] * len(unit.texts)
+            kind += unit.kind
+            section += unit.section
+            vectors.append(unit.vectors)
+        matrix = np.concatenate(vectors) if vectors else np.zeros((0, 384), np.float32)
+        return cls(entries, texts, matrix, np.array(owner, np.int64), np.array(kind, np.int8), section,
+                   {e.slug: i for i, e in enumerate(entries)})
+
 
 EMPTY = _State([], [], np.zeros((0, 384), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int8), [], {})
 
 
-class Lookup:
-    """Hybrid lookup over the answers given to `rebuild`; thread-safe for searching."""
+@dataclass
+class RebuildStatus:
+    """What the background worker has done, for `/healthz`-like reports, tests and benchmarks."""
 
-    def __init__(self, index: SearchIndex, db_path: str | os.PathLike[str], embedder: Embedder) -> None:
+    submitted: int = 0       # generations handed to the worker
+    finished: int = 0        # the last generation it finished (successfully or not)
+    ready: bool = False      # a semantic state is published (searches use it)
+    embedded: int = 0        # texts the model embedded over this lookup's life
+    sectioned: int = 0       # answers cut into sections over this lookup's life
+    failures: int = 0        # rebuilds that raised (logged; searches carry on)
+    last_error: str = ""
+
+
+class Lookup:
+    """Hybrid lookup over the answers given to `rebuild` or `submit`; thread-safe for searching.
+
+    `submit` never blocks: a single-flight background worker brings the semantic stage in step
+    (only answers whose digest changed are re-sectioned and embedded) and publishes a new state in
+    one assignment; a newer submission supersedes an older one still waiting. Until a first state
+    is published, searches answer from the lexical stage alone, never confident. A rebuild that
+    fails is logged, and searches go on with what was there before.
+    """
+
+    def __init__(self, index: SearchIndex, db_path: str | os.PathLike[str], embedder: Embedder,
+                 weights: Weights | None = None) -> None:
         self.index = index
         self.embedder = embedder
+        self.weights = weights or default_weights()
         self.cache = EmbeddingCache(db_path, embedder)
         self.state = EMPTY
-        self._rebuilding = threading.Lock()  # one rebuild at a time; the last one started wins
-        self._ready = threading.Event()      # set once the first rebuild has finished
+        self.status = RebuildStatus()
+        self._units: dict[str, tuple[str, _Units]] = {}   # slug -> (digest, units with vectors)
+        self._known: dict[str, _Answer] = {}              # the latest submitted answers, for the lexical fallback
+        self._building = threading.Lock()                 # one rebuild at a time
+        self._worker = threading.Condition()
+        self._pending: tuple[int, list[Answer]] | None = None
+        self._running = False
+        self._queries: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
+        # Whole responses per state and normalised question (a state is never changed, only replaced).
+        self._responses: OrderedDict[tuple[int, int, str, int], dict[str, Any]] = OrderedDict()
+        self._queries_lock = threading.Lock()
         # The lexical stage runs while the model embeds the question (both release the GIL):
         # at 10,000 answers that takes its ~2 ms off every look-up.
         self._lexical = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kb-lexical")
 
-    def rebuild(self, answers: Iterable[Answer]) -> None:
-        """Bring the lexical index and the embeddings in step with `answers`: only texts never
-        embedded before are embedded (a restart embeds nothing, an edit only what it changed)."""
-        with self._rebuilding:
-            self._rebuild(sorted(answers, key=lambda a: a.slug))
-        self._ready.set()
+    @property
+    def ready(self) -> bool:
+        """Whether searches use the semantic stage (a first rebuild has been published)."""
+        return self.status.ready
 
-    def rebuild_in_background(self, answers: Iterable[Answer]) -> threading.Thread:
-        """`rebuild` off the start-up path: a fresh database embeds every text once (tens of
-        seconds), and the service should answer meanwhile. Searches wait until it is done."""
-        answers = list(answers)
-        self.index.rebuild(answers)  # the lexical stage is ready at once (and cheap)
-        thread = threading.Thread(target=self.rebuild, args=(answers,), name="kb-embed", daemon=True)
-        thread.start()
-        return thread
+    # -- building ------------------------------------------------------------------------------
 
-    def _rebuild(self, answers: list[Answer]) -> None:
-        started, embedded = time.monotonic(), self.embedder.calls
+    def needs_embedding(self, answers: Iterable[Answer]) -> int:
+        """How many of the answers' texts have no stored vector (sections the changed answers)."""
+        texts = [t for a in answers for t in self._prepared(a)[1].texts]
+        return self.cache.missing(texts)
+
+    def _prepared(self, answer: Answer) -> tuple[str, _Units]:
+        key = digest(answer)
+        known = self._units.get(answer.slug)
+        if known is not None and known[0] == key:
+            return known
+        self.status.sectioned += 1
+        return key, _units(answer)
+
+    def rebuild(self, answers: Iterable[Answer]) -> int:
+        """Bring the lexical index and the semantic stage in step with `answers`, now; return how
+        many texts were embedded. Only answers whose digest changed are sectioned and embedded
+        again (and only texts never embedded before: a restart embeds nothing)."""
+        answers = sorted(answers, key=lambda a: a.slug)
+        self._known = {a.slug: _Answer(a.slug, a.title, a.summary) for a in answers}
+        with self._building:
+            return self._rebuild(answers)
+
+    def _rebuild(self, answers: list[Answer]) -> int:
+        started = time.monotonic()
         self.index.rebuild(answers)
-        entries, texts, owner, kind, section = [], [], [], [], []
-        for i, answer in enumerate(answers):
-            entries.append(_Answer(answer.slug, answer.title, answer.summary))
-            units = [(0, answer.title, None), *((0, alias, None) for alias in answer.aliases),
-                     (1, answer.summary, None), *((2, s.text, s) for s in sections(answer))]
-            for k, text, part in units:
-                texts.append(text)
-                owner.append(i)
-                kind.append(k)
-                section.append(part)
-        self.state = _State(entries, texts, self.cache.vectors(texts), np.array(owner, np.int64),
-                            np.array(kind, np.int8), section, {e.slug: i for i, e in enumerate(entries)})
-        if self.embedder.calls != embedded:   # texts changed: forget the vectors nothing uses now
-            self.cache.prune(texts)
-            log.info("search ready: %d texts embedded in %.1f s", len(texts), time.monotonic() - started)
+        prepared = {a.slug: self._prepared(a) for a in answers}
+        changed = [(slug, key, unit) for slug, (key, unit) in prepared.items() if unit.vectors is None]
+        texts = [t for _, _, unit in changed for t in unit.texts]
+        vectors, embedded = self.cache.fetch(texts)
+        offset = 0
+        for slug, key, unit in changed:
+            count = len(unit.texts)
+            prepared[slug] = (key, _Units(unit.entry, unit.texts, unit.kind, unit.section, vectors[offset:offset + count]))
+            offset += count
+        self._units = prepared
+        state = _State.of([unit for _, unit in prepared.values()])
+        state.generation = self.state.generation + 1
+        self.state = state
+        self.status.ready = True
+        self.status.embedded += embedded
+        if embedded:
+            log.info("search ready: %d texts embedded in %.1f s", embedded, time.monotonic() - started)
+        return embedded
+
+    def submit(self, answers: Iterable[Answer]) -> int:
+        """Rebuild off the caller's thread (single flight; the newest submission wins); return
+        its generation, for `wait`. Never blocks on embedding."""
+        answers = sorted(answers, key=lambda a: a.slug)
+        with self._worker:
+            self._known = {a.slug: _Answer(a.slug, a.title, a.summary) for a in answers}
+            self.status.submitted += 1
+            self._pending = (self.status.submitted, answers)
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._work, name="kb-embed", daemon=True).start()
+            return self.status.submitted
+
+    def _work(self) -> None:
+        while True:
+            with self._worker:
+                if self._pending is None:
+                    self._running = False
+                    self._worker.notify_all()
+                    return
+                generation, answers = self._pending
+                self._pending = None
+            try:
+                with self._building:
+                    self._rebuild(answers)
+                self.status.last_error = ""
+            except Exception as exc:  # logged; searches go on with the state there was
+                self.status.failures += 1
+                self.status.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("search rebuild failed; searches use %s", "the previous state" if self.ready
+                              else "the lexical stage until the next rebuild")
+            finally:
+                with self._worker:
+                    self.status.finished = generation
+                    self._worker.notify_all()
+
+    def wait(self, generation: int | None = None, timeout: float | None = None) -> bool:
+        """Block until the worker has finished `generation` (default: the last submitted); True if
+        it has. For tests, the static export and `KB_RUN_MISSING=wait`, never for a request."""
+        with self._worker:
+            wanted = self.status.submitted if generation is None else generation
+            return self._worker.wait_for(lambda: self.status.finished >= wanted, timeout)
+
+    # -- searching -----------------------------------------------------------------------------
+
+    def question(self, text: str) -> npt.NDArray[np.float32]:
+        """The question's embedding, from a bounded LRU cache keyed on its normalised text."""
+        key = " ".join(text.split()).lower()  # the model's tokenizer lowercases and splits on spaces
+        with self._queries_lock:
+            vector = self._queries.get(key)
+            if vector is not None:
+                self._queries.move_to_end(key)
+                return vector
+        vector = self.embedder.query(key)
+        with self._queries_lock:
+            self._queries[key] = vector
+            if len(self._queries) > QUERY_CACHE:
+                self._queries.popitem(last=False)
+        return vector
+
+    def slugs(self, chosen: Iterable[int], state: _State | None = None) -> list[str]:
+        """The slugs of the answers `features` considered (its first value)."""
+        entries = (state or self.state).entries
+        return [entries[int(i)].slug for i in chosen]
 
     def features(self, query: str, state: _State | None = None
                  ) -> tuple[np.ndarray, npt.NDArray[np.float64], tuple[np.ndarray, np.ndarray, npt.NDArray[np.float32]]]:
@@ -187,7 +378,7 @@ class Lookup:
         state = state or self.state
         n = len(state.entries)
         pending = self._lexical.submit(self.index.candidates, query, LEXICAL_CANDIDATES)
-        question = self.embedder.query(query)
+        question = self.question(query)
         hits = pending.result()
         found = {state.position[slug]: score for slug, score in hits if slug in state.position}
         if n <= SHORTLIST:
@@ -212,26 +403,48 @@ class Lookup:
         return chosen, matrix, (rows, offsets, similarity)
 
     def search(self, query: object, limit: int = 5) -> dict[str, Any]:
-        """{"confident": bool, "results": [{slug, title, summary, score, section}]}, best first.
+        """{"confident", "fit", "ready", "shown", "results": [{slug, title, summary, score, section}]},
+        best first.
 
-        Never raises, whatever the query; the results are the nearest answers even when the
-        best is not confident (then `confident` is false).
+        `fit` is "one" (confident: the first answer is the one asked for), "two" (two neighbours
+        fit about equally: the learner picks) or "none". `shown` is how many of the results a
+        learner's page shows (none near zero). `ready` is false while the semantic stage is being
+        built: the results then come from the lexical stage alone and are never confident.
+        Never raises, whatever the query; never waits for a rebuild.
         """
         if not isinstance(query, str):
             query = "" if query is None else str(query)
         # Lone surrogates (which no UTF-8 request carries) would stop the tokenizer.
         query = query.encode("utf-8", "replace").decode("utf-8").strip()
-        self._ready.wait(READY_WAIT)  # the first embedding of a fresh database may be under way
-        state = self.state
-        if not query or not state.entries or limit <= 0:
-            return {"confident": False, "results": []}
+        state, ready = self.state, self.ready
+        nothing: dict[str, Any] = {"confident": False, "fit": "none", "ready": ready, "shown": 0, "results": []}
+        if not query or limit <= 0:
+            return nothing
+        if not ready:
+            return self._lexical_only(query, limit)
+        if not state.entries:
+            return nothing
+        key = (state.generation, id(self.weights), " ".join(query.split()).lower(), limit)
+        with self._queries_lock:
+            cached = self._responses.get(key)
+            if cached is not None:
+                self._responses.move_to_end(key)
+                return copy.deepcopy(cached)
+        found = self._search(query, limit, state)
+        with self._queries_lock:
+            self._responses[key] = copy.deepcopy(found)
+            if len(self._responses) > QUERY_CACHE:
+                self._responses.popitem(last=False)
+        return found
+
+    def _search(self, query: str, limit: int, state: _State) -> dict[str, Any]:
         chosen, matrix, (rows, offsets, similarity) = self.features(query, state)
-        scores = probability(matrix)
-        limit = min(limit, len(scores))
-        order = np.argpartition(-scores, limit - 1)[:limit]
-        order = order[np.lexsort((order, -scores[order]))]
+        logits = ranking(matrix, self.weights.weights)
+        scores = probability(matrix, self.weights)
+        order = np.lexsort((np.arange(len(scores)), -scores))
+        fit, shown = verdict(scores[order], logits[order], float(matrix[order[0], :3].max()), self.weights)
         results = []
-        for i in order:
+        for i in order[:limit]:
             entry = state.entries[chosen[i]]
             span = slice(offsets[i], offsets[i + 1])
             own = np.flatnonzero(state.kind[rows[span]] == 2)
@@ -240,7 +453,64 @@ class Lookup:
             results.append({"slug": entry.slug, "title": entry.title, "summary": entry.summary,
                             "score": round(float(scores[i]), 4),
                             "section": {"anchor": part.anchor, "title": part.title}})
-        return {"confident": bool(results) and results[0]["score"] >= CONFIDENT, "results": results}
+        return {"confident": fit == "one", "fit": fit, "ready": True, "shown": min(shown, len(results)),
+                "results": results}
+
+    def _lexical_only(self, query: str, limit: int) -> dict[str, Any]:
+        """While the semantic stage is built: the lexical stage's answers, never confident. Their
+        score is BM25 relative to the best, halved: not calibrated, and below any confident one."""
+        known = self._known
+        hits = [(slug, score) for slug, score in self.index.candidates(query, max(limit, 3)) if slug in known]
+        results = [{"slug": slug, "title": known[slug].title, "summary": known[slug].summary,
+                    "score": round(0.5 * max(score, 0.0) / max(hits[0][1], 1e-9), 4),
+                    "section": {"anchor": "", "title": known[slug].title}} for slug, score in hits[:limit]]
+        return {"confident": False, "fit": "none", "ready": False, "shown": min(3, len(results)), "results": results}
+
+
+def embed_answers(answers: Iterable[Answer], db_path: str | os.PathLike[str], embedder: Embedder) -> tuple[int, int]:
+    """Store the vectors of the answers' texts in the database (those missing); return (embedded,
+    texts). What `kb check` and `kb index` do, so a service started on the database embeds nothing."""
+    texts = [t for a in answers for t in _units(a).texts]
+    _, embedded = EmbeddingCache(db_path, embedder).fetch(texts)
+    return embedded, len(texts)
+
+
+def default_weights() -> Weights:
+    """The weights file shipped with the package (read once per process)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = Weights.load()
+    return _DEFAULT
+
+
+_DEFAULT: Weights | None = None
+
+
+def confidence_row(scores: npt.NDArray[np.float64], logits: npt.NDArray[np.float64], similarity: float) -> list[float]:
+    """`CONFIDENCE_FEATURES` of a response, from its scores and ranking logits, best first."""
+    second = float(scores[1]) if len(scores) > 1 else 0.0
+    gap = float(logits[0] - logits[1]) if len(logits) > 1 else 10.0
+    return [float(scores[0]), float(scores[0]) - second, similarity, gap]
+
+
+def verdict(scores: npt.NDArray[np.float64], logits: npt.NDArray[np.float64], similarity: float,
+            weights: Weights) -> tuple[str, int]:
+    """("one" | "two" | "none", how many results a learner's page shows) from the scores and
+    ranking logits, best first, and the best answer's similarity: the rule of `Weights`. The page
+    shows the first (one), the first two (two) or nothing as an answer (none), and below them up
+    to three in all, none under the near-zero floor `shown`."""
+    if not len(scores):
+        return "none", 0
+    t = weights.thresholds
+    c = weights.confident
+    logit = c[0] + float(np.dot(c[1:], confidence_row(scores, logits, similarity)))
+    above = int(np.sum(scores[:3] >= t["shown"]))
+    second = float(scores[1]) if len(scores) > 1 else 0.0
+    if logit >= math.log(t["confident"] / (1 - t["confident"])):
+        return "one", max(above, 1)
+    if second >= t["two"] and float(scores[0]) - second <= t["two_gap"]:
+        return "two", max(above, 2)
+    return "none", above
 
 
 def dot(matrix: npt.NDArray[np.float32], vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -251,18 +521,22 @@ def dot(matrix: npt.NDArray[np.float32], vector: npt.NDArray[np.float32]) -> npt
     return product
 
 
-def ranking(matrix: np.ndarray, weights: Sequence[float] = WEIGHTS) -> npt.NDArray[np.float64]:
+def ranking(matrix: np.ndarray, weights: Sequence[float] | None = None) -> npt.NDArray[np.float64]:
     """The ranking model's logit per answer (higher is better)."""
+    weights = default_weights().weights if weights is None else weights
     logits: npt.NDArray[np.float64] = weights[0] + matrix.astype(np.float64) @ np.asarray(weights[1:], dtype=np.float64)
     return logits
 
 
-def probability(matrix: np.ndarray, weights: Sequence[float] = WEIGHTS,
-                calibration: Sequence[float] = CALIBRATION) -> npt.NDArray[np.float64]:
+def probability(matrix: np.ndarray, weights: Weights | None = None, ranking_weights: Sequence[float] | None = None,
+                calibration: Sequence[float] | None = None) -> npt.NDArray[np.float64]:
     """Each answer's calibrated probability of being the one asked for: a logistic model of its
     ranking logit and its best similarity to the question (which is what tells a question the
     knowledge base does not answer: nothing in it is close)."""
+    weights = weights or default_weights()
+    ranking_weights = weights.weights if ranking_weights is None else ranking_weights
+    calibration = weights.calibration if calibration is None else calibration
     similarity = matrix[:, :3].max(axis=1).astype(np.float64)
-    logits = calibration[0] + calibration[1] * ranking(matrix, weights) + calibration[2] * similarity
+    logits = calibration[0] + calibration[1] * ranking(matrix, ranking_weights) + calibration[2] * similarity
     probabilities: npt.NDArray[np.float64] = 1 / (1 + np.exp(-np.clip(logits, -30, 30)))
     return probabilities

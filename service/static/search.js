@@ -158,9 +158,18 @@
     var ranked = query ? rank(query, tables) : index.map(function (e) { return [0, e.slug]; });
     var list = document.getElementById("search-results");
     document.querySelector("header.site input[name=q]").value = query;
-    document.getElementById("search-title").textContent = query ? "Answers for \u201c" + query + "\u201d" : "Every question";
-    document.getElementById("search-hint").textContent = ranked.length ? "" : "No answer matches; try other words.";
-    ranked.forEach(function (pair) {
+    // As the service's page says it: this copy of the site matches words, not meaning, so it is
+    // never sure; it shows the three answers sharing most words, labelled as such (or every question).
+    var shown = query ? ranked.slice(0, 3) : ranked;
+    var quoted = "\u201c" + (query.length > 120 ? query.slice(0, 117) + "\u2026" : query) + "\u201d";
+    document.getElementById("search-title").textContent = query ? "Answers that share words with " + quoted : "Every question";
+    document.getElementById("search-hint").textContent = !query ? "" : shown.length
+      ? "This copy of the site matches words, not meaning: these answers share the most words with your question, "
+        + "and none of them is known to answer it."
+      : "No answer shares a word with your question. This site answers questions about the fundamentals of neural "
+        + "networks, as taught in the Deep Learning Specialization (courses 1 to 5).";
+    list.className = query ? "answers results closest" : "answers results";
+    shown.forEach(function (pair) {
       var entry = bySlug.get(pair[1]);
       var item = document.createElement("li");
       var link = document.createElement("a");

@@ -1,0 +1,156 @@
+"""Search never blocks a request (issue 19, item 1): `Library.refresh` swaps the snapshot at once,
+the lookup rebuilds incrementally on a single-flight background worker, searches answer from the
+lexical stage until the vectors are ready, and a failed rebuild leaves nobody waiting.
+
+The embedder here is deliberately slow: it embeds nothing until the test opens its gate, so
+"during a cold embedding" is a state the test holds, not a race against a clock. The assertions
+are on behaviour (states, what was embedded and sectioned), never on times; the `join` timeouts
+only stop a broken build from hanging the suite.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import numpy as np
+import pytest
+from service_fixtures import write_small_answers
+
+from kb.library import Library
+from kb.search.embeddings import DIMENSION
+from service import create_app
+
+HANG = 60  # seconds before a call that should return at once is declared hung
+
+
+class SlowEmbedder:
+    """Deterministic unit vectors from a hash of the text; document batches wait for `gate`."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        self.gate = threading.Event()
+        self.started = threading.Event()   # a document batch is waiting at the gate
+        self.calls = 0
+        self.texts: list[str] = []
+        self.fail_first = fail_first
+
+    def _vectors(self, texts):
+        out = np.zeros((len(texts), DIMENSION), np.float32)
+        for i, text in enumerate(texts):
+            seed = int.from_bytes(hashlib.sha256(text.lower().encode()).digest()[:8], "little")
+            v = np.random.default_rng(seed).standard_normal(DIMENSION)
+            out[i] = v / np.linalg.norm(v)
+        return out
+
+    def embed(self, texts, max_tokens=256):
+        self.started.set()
+        assert self.gate.wait(HANG), "the test never opened the gate"
+        if self.fail_first:
+            self.fail_first = False
+            raise RuntimeError("the model ran out of memory (on purpose)")
+        self.calls += len(texts)
+        self.texts += texts
+        return self._vectors(texts)
+
+    def query(self, text):
+        return self._vectors([text])[0]
+
+
+def in_thread(call):
+    """Run `call` on a thread and return its result, failing (not hanging) if it blocks."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # re-raised on the test's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(HANG)
+    assert not thread.is_alive(), f"{call} blocked"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@pytest.fixture
+def slow(tmp_path):
+    answers = write_small_answers(tmp_path / "answers")
+    embedder = SlowEmbedder()
+    library = in_thread(lambda: Library(answers, tmp_path / "kb.sqlite3", embedder=embedder, embed_in_background=True))
+    yield library, embedder, answers
+    embedder.gate.set()
+    library.close()
+
+
+def test_a_cold_start_answers_searches_lexically_and_never_confidently(slow):
+    library, embedder, _ = slow
+    assert embedder.started.wait(HANG) and not library.lookup.ready       # the cold embedding is under way
+    found = in_thread(lambda: library.search("maximum of the sigmoid derivative", 5))
+    assert found["ready"] is False and found["confident"] is False and found["fit"] == "none"
+    assert found["results"][0]["slug"] == "sigmoid-slope"                  # the lexical stage's answer
+    assert all(0 <= hit["score"] <= 0.5 for hit in found["results"])
+    embedder.gate.set()
+    assert library.lookup.wait(timeout=HANG)
+    found = library.search("What is the maximum of the sigmoid derivative?", 5)
+    assert found["ready"] is True and found["results"][0]["slug"] == "sigmoid-slope"
+
+
+def test_an_edit_during_a_cold_embedding_is_served_at_once_and_embedded_alone(slow):
+    library, embedder, answers = slow
+    assert embedder.started.wait(HANG)
+    page = answers / "averaging.md"
+    page.write_text(page.read_text().replace("Why do we average the gradient", "Why do we take the mean of the gradient"))
+    assert in_thread(lambda: library.refresh(force=True)) is True           # returns with the worker still held
+    assert library.answers["averaging"].title.startswith("Why do we take the mean")
+    embedder.gate.set()
+    assert library.lookup.wait(timeout=HANG)
+    assert library.lookup.state.position.keys() == {"sigmoid-slope", "averaging", "wrong-claim"}
+    first = embedder.calls
+    assert embedder.texts.count("Why do we take the mean of the gradient over the m examples?") == 1
+    page.write_text(page.read_text().replace("The cost is an average", "The cost is a mean"))
+    library.refresh(force=True)
+    assert library.lookup.wait(timeout=HANG)
+    # Only the edited answer was sectioned and embedded again, and of it only the changed text.
+    assert embedder.texts[first:] == ["The cost is a mean, so its gradient is the average of the per-example gradients."]
+    assert library.lookup.status.sectioned == 3 + 1 + 1                    # three, the first edit, the second
+
+
+def test_a_failing_first_rebuild_leaves_no_search_waiting(tmp_path):
+    answers = write_small_answers(tmp_path / "answers")
+    embedder = SlowEmbedder(fail_first=True)
+    embedder.gate.set()
+    library = in_thread(lambda: Library(answers, tmp_path / "kb.sqlite3", embedder=embedder, embed_in_background=True))
+    try:
+        assert library.lookup.wait(timeout=HANG)
+        assert library.lookup.status.failures == 1 and "out of memory" in library.lookup.status.last_error
+        found = in_thread(lambda: library.search("maximum of the sigmoid derivative", 3))
+        assert found["ready"] is False and found["results"][0]["slug"] == "sigmoid-slope"
+        (answers / "averaging.md").write_text((answers / "averaging.md").read_text() + "\nMore prose.\n")
+        library.refresh(force=True)                                          # the next change retries
+        assert library.lookup.wait(timeout=HANG) and library.lookup.ready
+    finally:
+        library.close()
+
+
+def test_searches_during_a_cold_start_record_no_gap(tmp_path, monkeypatch):
+    answers = write_small_answers(tmp_path / "answers")
+    embedder = SlowEmbedder()
+    monkeypatch.setattr("kb.library.shared_embedder", lambda model_file=None: embedder)
+    app = in_thread(lambda: create_app({"KB_ANSWERS": str(answers), "KB_DB": str(tmp_path / "kb.sqlite3"),
+                                        "TESTING": True, "KB_RUN_MISSING": "background"}))
+    try:
+        client = app.test_client()
+        body = in_thread(lambda: client.get("/api/search?q=how+do+I+install+CUDA").get_json())
+        assert body["ready"] is False and body["confident"] is False
+        page = in_thread(lambda: client.get("/search?q=maximum+of+the+sigmoid+derivative").get_data(as_text=True))
+        assert "share words with" in page and "still starting up" in page
+        assert app.extensions["kb_gaps"].list() == []
+        embedder.gate.set()
+        assert app.extensions["kb"].lookup.wait(timeout=HANG)
+        client.get("/api/search?q=how+do+I+install+CUDA")
+        assert [g["query"] for g in app.extensions["kb_gaps"].list()] == ["how do i install cuda"]
+    finally:
+        embedder.gate.set()
+        app.extensions["kb"].close()
