@@ -102,7 +102,7 @@ def report(r: dict) -> str:
         f"Fresh database, real answers: `Library` ready in {real['create_s']:.2f} s; first search answered in "
         f"{real['first_search_s'] * 1000:.0f} ms (ready: {real['first_search_ready']}, by words); search by meaning "
         f"after {real['semantic_ready_s']:.1f} s ({real['cold_embedded']} texts embedded in the background).",
-        f"An edit (a summary): `refresh` returned in {max(e['refresh_s'] for e in real['edits']) * 1000:.0f} ms at "
+        f"An edit (prose appended to an answer): `refresh` returned in {max(e['refresh_s'] for e in real['edits']) * 1000:.0f} ms at "
         f"most, searchable after {worst:.2f} s at most ({real['edit_embedded_last']} texts embedded over 3 edits).",
         f"{syn['answers']:,} synthetic answers: full build {syn['full_build_s']:.1f} s; an edit searchable after "
         f"{syn_worst:.2f} s at most (answers sectioned in all: {syn['sectioned']:,} = the first build + 1 per edit).", ""])
