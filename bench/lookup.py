@@ -1,7 +1,7 @@
 """Lookup benchmark (issue 9): quality on the test split, latency, memory and start-up.
 
 Quality: top-1, top-3 and MRR on the test split of `tests/lookup_eval/` for the hybrid lookup
-(`kb.search.lookup`), today's ranker (`kb.search.index.SearchIndex.search`, FTS5 BM25 alone) and a plain BM25
+(`kb.search.lookup`), today's ranker (the whole-answer FTS5 BM25 ranker the lookup replaced, `bench/baseline_ranker.py`) and a plain BM25
 (rank-bm25's BM25Okapi over the same fields: title, aliases, summary, tags, body), plus how the
 out-of-scope questions are handled (share answered "not confident"; the BM25 rankers have no
 such notion). Latency: in-process p50/p99 of `Lookup.search` over the test questions with the
@@ -26,14 +26,15 @@ import numpy as np
 
 from kb.format.answer import load_answers
 from kb.search.embeddings import DIMENSION, shared_embedder
-from kb.search.index import SearchIndex, clean_body
-from kb.search.lookup import Lookup
+from kb.search.index import SearchIndex
+from kb.search.lookup import Lookup, clean_body
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))            # `from bench import scale` when run as a script
 sys.path.insert(0, str(ROOT / "bench"))  # bench/ is scripts, not a package on the path
 
 import lookup_data  # noqa: E402  (after the path line above)
+from baseline_ranker import WholeAnswerRanker  # noqa: E402
 
 TOKEN_RE = re.compile(r"[^\W_]+")
 
@@ -59,6 +60,7 @@ def quality(lookup: Lookup, answers: dict) -> dict:
     docs = [TOKEN_RE.findall(" ".join([a.title, *a.aliases, a.summary, *a.tags, clean_body(a.body)]).lower())
             for a in (answers[s] for s in slugs)]
     bm25 = BM25Okapi(docs)
+    today = WholeAnswerRanker(answers.values())
 
     def plain(question):
         scores = bm25.get_scores(TOKEN_RE.findall(question.lower()))
@@ -67,7 +69,7 @@ def quality(lookup: Lookup, answers: dict) -> dict:
     everything = len(answers)
     out = {
         "ours": _ranks(lambda q: [h["slug"] for h in lookup.search(q, everything)["results"]], inside),
-        "today": _ranks(lambda q: [h["slug"] for h in lookup.index.search(q, everything)], inside),
+        "today": _ranks(lambda q: [h["slug"] for h in today.search(q, everything)], inside),
         "bm25": _ranks(plain, inside),
     }
     out["ours"]["inside_not_confident"] = np.mean([not lookup.search(q, 1)["confident"] for q, _ in inside])
