@@ -248,7 +248,7 @@ class Lookup:
         matrix = np.stack([best[0], best[1], best[2], overall.max() - overall, lexical, strength], axis=1)
         return chosen, matrix, (rows, offsets, similarity)
 
-    def search(self, query: object, limit: int = 5) -> dict[str, Any]:
+    def lookup(self, query: object, limit: int = 5) -> dict[str, Any]:
         """{"confident": bool, "results": [{slug, title, summary, score, section}]}, best first.
 
         Never raises, whatever the query; the results are the nearest answers even when the
