@@ -14,7 +14,7 @@ from .lookup import lookup
 from .openapi import spec
 from .responses import answer_response
 from .runs import run_or_reuse
-from .serialize import listing, public_evidence
+from .serialize import fields, listing, public_evidence
 
 api = Blueprint("api", __name__)
 FIGURE_NAME = r"\d+-\d+\.svg"
@@ -40,10 +40,7 @@ def answer(slug):
     found = answer_or_404(slug)
 
     def make(evidence):
-        return json.dumps({"slug": found.slug, "title": found.title, "summary": found.summary, "tags": found.tags,
-                           "topic": found.topic,
-                           "aliases": found.aliases, "related": found.related, "sources": found.sources,
-                           "html": body_html(found), "evidence": public_evidence(evidence)},
+        return json.dumps({**fields(found), "html": body_html(found), "evidence": public_evidence(evidence)},
                           ensure_ascii=False, allow_nan=False)
 
     return answer_response("json", found, make, "application/json")
