@@ -1,6 +1,6 @@
 """Load with faults: reads keep working while another client floods re-runs.
 
-A real server as the README runs it in production (gunicorn, 2 gthread workers of 8 threads) over
+A real server as docs/service.md runs it in production (gunicorn, 2 gthread workers of 8 threads) over
 a temporary copy of a few small answers with cached evidence. Reader threads fetch answer pages,
 their JSON and search results, first alone (unloaded), then for KB_SOAK_SECONDS (default 5;
 `make soak` sets 60) while flood threads POST /api/answers/<slug>/run back to back. Asserted:

@@ -10,7 +10,7 @@ of its sections, how far it is behind the best answer, and its BM25 score relati
 BM25 score of the query, and how strong that is); a logistic model over them ranks, and a second
 one, over the rank score and the best similarity, gives the score: a calibrated probability, in
 [0, 1], that the answer is the one asked for. The weights and the `CONFIDENT` threshold were fitted on the dev split of `tests/lookup_eval/` with
-`bench/lookup_fit.py` (never on the test split); see the README's search section.
+`bench/lookup_fit.py` (never on the test split); see docs/search.md.
 
 A result names the section that matched best, so a link goes straight to it
 (`/answers/<slug>#<anchor>`); the anchor is the id `kb.render.markdown` gives that heading.
