@@ -172,7 +172,7 @@ class Lookup:
         self.embedder = embedder
         self.cache = EmbeddingCache(db_path, embedder)
         self.state = EMPTY
-        self._rebuilding = threading.Lock()  # one rebuild at a time; the last one started wins
+        self._rebuilding = threading.Lock()  # one rebuild at a time; the last to get the lock wins
         self._ready = threading.Event()      # set once the first rebuild has finished
         # The lexical stage runs while the model embeds the question (both release the GIL):
         # at 10,000 answers that takes its ~2 ms off every look-up.
