@@ -129,7 +129,7 @@ def plot(r1: dict, r2: dict, r3: dict) -> None:
     ax.legend(fontsize=8, loc="lower right")
 
     ax = axes[1][1]
-    for key, label, source in (("search_ms", "SearchIndex.search", lambda n: r3[n]),
+    for key, label, source in (("search_ms", "SearchIndex.candidates", lambda n: r3[n]),
                                ("api_ms", "GET /api/search (test client)", lambda n: r3[n])):
         ax.plot(sizes, [percentile(source(n)[key], 50) for n in sizes], marker="o", label=f"{label} p50")
         ax.plot(sizes, [percentile(source(n)[key], 99) for n in sizes], marker="o", ls=":", label=f"{label} p99")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Serve the knowledge base as it is deployed, on loopback: gunicorn (the README's command) behind
+# Serve the knowledge base as it is deployed, on loopback: gunicorn (docs/service.md's command) behind
 # nginx with deploy/nginx.conf, nginx running as the current user from a temporary prefix (no
 # root, nothing under /etc). Ctrl-C or SIGTERM stops both and removes the prefix.
 #

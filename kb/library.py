@@ -66,7 +66,7 @@ class Library:
         self.store = Store(db_path)
         self.index = SearchIndex(db_path)
         # Checks the model file against its pinned hash first: a bad file stops start-up here.
-        self.lookup = Lookup(self.index, db_path, shared_embedder(model_file))
+        self._lookup = Lookup(self.index, db_path, shared_embedder(model_file))
         self.embed_in_background = embed_in_background
         self.limits = limits or Limits()
         self.watch_interval = watch_interval
@@ -157,9 +157,9 @@ class Library:
                 return False
             answers, errors = load_answers([self.answers_dir], parse=self._parse_remembered(files))
             if self.embed_in_background and self._files_seen is None:  # the first load
-                self.lookup.rebuild_in_background(answers.values())
+                self._lookup.rebuild_in_background(answers.values())
             else:
-                self.lookup.rebuild(answers.values())
+                self._lookup.rebuild(answers.values())
             self._files_seen = files
             self.snapshot = Snapshot(self.snapshot.generation + 1, MappingProxyType(answers), tuple(errors))
         for error in errors:
@@ -184,9 +184,9 @@ class Library:
         """A figure's SVG from the answer's stored evidence."""
         return self.store.figure(answer.slug, name)
 
-    def search(self, query: str, limit: int = 5) -> dict[str, Any]:
+    def lookup(self, query: str, limit: int = 5) -> dict[str, Any]:
         """{"confident", "results"}: the answers best first, each with its best section (kb.search.lookup)."""
-        return self.lookup.search(query, limit)
+        return self._lookup.lookup(query, limit)
 
     def run(self, answer: Answer) -> ev.Evidence:
         """Run the answer now (ignoring the cache) and store the fresh evidence."""

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 
-from flask import Flask, g, request
+from flask import Flask, g
 from flask.json.provider import DefaultJSONProvider
 
 from kb.library import Library
@@ -24,11 +23,11 @@ from kb.run.limits import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits
 from kb.run.runner import clean_up_on_sigterm
 from kb.store.gaps import Gaps
 
-from . import guard
+from . import guard, headers, runs
 from .api import api
-from .knowledge import ResponseCache
 from .pages import pages
 from .problems import register_error_handlers
+from .responses import ResponseCache
 
 DEFAULTS = {
     "KB_ANSWERS": "answers",
@@ -44,11 +43,6 @@ DEFAULTS = {
     "KB_SECRET_KEY": "",
     "KB_MODEL_FILE": "",  # the embedding model; default: the pinned package's file (kb.search.embeddings)
 }
-
-CONDITIONAL = {"HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE"}  # what can turn a 200 into a 304
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
-       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-
 
 RUN_MISSING = {"background": "background", "true": "background", "1": "background", "yes": "background",
                "wait": "wait", "off": "off", "false": "off", "0": "off", "no": "off"}
@@ -100,31 +94,18 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["kb"] = library
     app.extensions["kb_responses"] = ResponseCache()  # this app's pages only
     app.extensions["kb_gaps"] = Gaps(app.config["KB_DB"])
-    app.extensions["kb_runs"] = threading.BoundedSemaphore(int(app.config["KB_MAX_RUNS"]))
 
     app.register_blueprint(pages)
     app.register_blueprint(api)
     register_error_handlers(app)
     guard.init_app(app)
+    runs.init_app(app)
+    headers.init_app(app)
     clean_up_on_sigterm()  # `make run`: a SIGTERM stops the fork server and removes its files
 
     @app.before_request
     def notice_edited_answers():
         library.refresh()
         g.kb_snapshot = library.snapshot  # what this request reads, whatever reloads meanwhile
-
-    @app.after_request
-    def harden(response):
-        response.headers.setdefault("Content-Security-Policy", CSP)  # figures set their own
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
-        if request.method in ("GET", "HEAD") and response.status_code == 200 and not response.is_streamed:
-            if "ETag" not in response.headers:
-                response.add_etag()
-            if CONDITIONAL.intersection(request.environ):  # only then is there anything to compare
-                response = response.make_conditional(request)
-        return response
 
     return app

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from kb.format.topics import TOPICS
 
-from . import CSP, create_app
+from . import create_app
+from .headers import CSP
 
 LINK_RE = re.compile(r'(?P<attr>href|src|action)="(?P<url>/[^"]*)"')
 MARKER = ".kb-export"

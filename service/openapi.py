@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from kb.format.topics import TOPICS
 
-STRING_LIST = {"type": "array", "items": {"type": "string"}}
+from .serialize import ANSWER_FIELDS, LISTED, STRING_LIST
+
 NULLABLE_NUMBER = {"type": ["number", "null"]}
 
 SCHEMAS = {
@@ -17,11 +18,8 @@ SCHEMAS = {
         "properties": {"status": {"const": "ok"}, "answers": {"type": "integer", "minimum": 0}},
     },
     "AnswerListing": {
-        "type": "object", "required": ["slug", "title", "summary", "tags", "topic", "status", "url"],
-        "additionalProperties": False,
-        "properties": {"slug": {"type": "string", "pattern": "^[a-z0-9]+(-[a-z0-9]+)*$"},
-                       "title": {"type": "string"}, "summary": {"type": "string"}, "tags": STRING_LIST,
-                       "topic": {"$ref": "#/components/schemas/Topic"},
+        "type": "object", "required": [*LISTED, "status", "url"], "additionalProperties": False,
+        "properties": {**{name: ANSWER_FIELDS[name] for name in LISTED},
                        "status": {"$ref": "#/components/schemas/Status"}, "url": {"type": "string"}},
     },
     "AnswerList": {
@@ -78,13 +76,9 @@ SCHEMAS = {
                        "summary": {"type": "string", "examples": ["ran 1 of 4 snippets; 3 of 3 checks so far hold, 7 not reached"]}},
     },
     "Answer": {
-        "type": "object",
-        "required": ["slug", "title", "summary", "tags", "topic", "aliases", "related", "sources", "html", "evidence"],
-        "additionalProperties": False,
-        "properties": {"slug": {"type": "string"}, "title": {"type": "string"}, "summary": {"type": "string"},
-                       "topic": {"$ref": "#/components/schemas/Topic"},
-                       "tags": STRING_LIST, "aliases": STRING_LIST, "related": STRING_LIST, "sources": STRING_LIST,
-                       "html": {"type": "string"}, "evidence": {"$ref": "#/components/schemas/Evidence"}},
+        "type": "object", "required": [*ANSWER_FIELDS, "html", "evidence"], "additionalProperties": False,
+        "properties": {**ANSWER_FIELDS, "html": {"type": "string"},
+                       "evidence": {"$ref": "#/components/schemas/Evidence"}},
     },
     "SearchResults": {
         "type": "object", "required": ["query", "confident", "results"], "additionalProperties": False,

@@ -11,10 +11,13 @@ from kb.format.topics import BY_KEY, TOPICS
 from kb.render.markdown import figure_size, highlight_python, pygments_css, render_inline
 from kb.store import evidence as ev
 
-from .api import lookup
-from .guard import allow_run, run_or_reuse
-from .knowledge import answer_or_404, answer_response, figure_url, library, snapshot
+from .context import answer_or_404, library, snapshot
+from .guard import allow_run
+from .lookup import lookup
 from .openapi import spec
+from .responses import answer_response
+from .runs import run_or_reuse
+from .serialize import figure_url
 
 pages = Blueprint("pages", __name__)
 

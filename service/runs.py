@@ -1,0 +1,71 @@
+"""Re-runs of an answer: at most `KB_MAX_RUNS` at once per process, one at a time per answer,
+and a run that finished less than `KB_RUN_COOLDOWN` seconds ago is returned instead of repeated.
+
+Who may ask for a run at all is `guard.py`'s job; this module decides whether one starts.
+"""
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from flask import current_app
+from werkzeug.exceptions import TooManyRequests
+
+from kb.format.answer import Answer
+from kb.store import evidence as ev
+
+from .context import library
+
+RETRY_AFTER_S = 5
+
+
+def init_app(app) -> None:
+    app.extensions["kb_runs"] = threading.BoundedSemaphore(int(app.config["KB_MAX_RUNS"]))
+    app.extensions["kb_run_locks"] = defaultdict(threading.Lock)
+    app.extensions["kb_run_locks_lock"] = threading.Lock()
+
+
+@contextmanager
+def run_slot():
+    """Hold one of the bounded re-run slots, or answer 429 with Retry-After."""
+    slots = current_app.extensions["kb_runs"]
+    if not slots.acquire(blocking=False):
+        raise TooManyRequests("Too many answers are being re-run right now; try again shortly.",
+                              retry_after=RETRY_AFTER_S)
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+def run_or_reuse(answer: Answer) -> ev.Evidence:
+    """Run the answer, or return the run of it that finished less than KB_RUN_COOLDOWN s ago.
+
+    One run of an answer at a time per process: a request that arrives while one is under way
+    waits for it and gets its evidence. Across processes the stored `ran_at` does the same job.
+    """
+    extensions = current_app.extensions
+    with extensions["kb_run_locks_lock"]:
+        lock = extensions["kb_run_locks"][answer.slug]
+    lib = library()
+    if not lock.acquire(blocking=False):
+        with lock:  # the run under way finishes: its evidence is the answer
+            return lib.evidence(answer)
+    try:
+        stored = lib.evidence(answer)  # pending evidence never ran: its age is infinite
+        if _age(stored) < float(current_app.config["KB_RUN_COOLDOWN"]):
+            return stored
+        with run_slot():
+            return lib.run(answer)
+    finally:
+        lock.release()
+
+
+def _age(evidence: ev.Evidence) -> float:
+    """Seconds since the evidence ran (infinite for evidence that never ran)."""
+    if not evidence["ran_at"]:
+        return float("inf")
+    ran = datetime.strptime(evidence["ran_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return (datetime.now(UTC) - ran).total_seconds()
