@@ -4,10 +4,11 @@ from __future__ import annotations
 import ast
 import re
 
-from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 from markupsafe import Markup
 
 from kb.format.topics import BY_KEY, TOPICS
+from kb.notebook import MIMETYPE, build_notebook, notebook_json
 from kb.render.markdown import figure_size, highlight_python, pygments_css, render_inline
 from kb.store import evidence as ev
 
@@ -87,6 +88,23 @@ def answer(slug):
         evidence = library().evidence(found)
         return _answer_page(found, evidence, announce=_changes(was, evidence))
     return answer_response("page", found, lambda evidence: _answer_page(found, evidence), "text/html")
+
+
+@pages.get("/answers/<slug>.ipynb")
+def notebook(slug):
+    """The answer as a Jupyter notebook, its evidence as the saved outputs (kb/notebook.py)."""
+    found = answer_or_404(slug)
+    static = current_app.config["KB_STATIC"]  # the export's pages are <slug>.html, beside the notebook
+    answers = snapshot().answers
+
+    def make(evidence) -> str:
+        return notebook_json(build_notebook(
+            found, evidence, titles={s: a.title for s, a in answers.items() if s in found.related},
+            page=lambda s: f"{s}.html" if static else s, figure=lambda name: library().figure(found, name)))
+
+    response = answer_response("notebook", found, make, MIMETYPE)
+    response.headers["Content-Disposition"] = f'attachment; filename="{found.slug}.ipynb"'
+    return response
 
 
 def _answer_page(answer, evidence, announce=None) -> str:
