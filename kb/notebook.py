@@ -119,8 +119,7 @@ def build_notebook(answer: Answer, evidence: ev.Evidence | None = None, *,
     by_index = {s["index"]: s for s in evidence["snippets"]} if evidence is not None and ran else {}
     count = 1  # the set-up cell runs first
     cells = [new_markdown_cell(_front(answer, evidence if ran else None, page)),
-             new_code_cell(setup_code(), execution_count=count if ran else None,
-                              metadata={"kb": {"setup": True}})]
+             new_code_cell(setup_code(), execution_count=count if ran else None, metadata={"kb": {"setup": True}})]
     markdown: list[str] = []
 
     def flush() -> None:
@@ -176,7 +175,7 @@ def _front(answer: Answer, evidence: ev.Evidence | None, page: Callable[[str], s
     if not _opens_with_summary(answer):
         lines += [answer.summary, ""]
     lines.append(f"From the knowledge base: [this answer's page]({page(answer.slug)}), as a notebook. Run the "
-                 "cells from the top: the first one seeds the random generators and defines `check` as the "
+                 "cells from the top: the first code cell seeds the random generators and defines `check` as the "
                  "knowledge base's runner does, so every check should hold here as it does there; then change "
                  "a number and run again.")
     if evidence is not None:
@@ -223,7 +222,7 @@ def _outputs(result: ev.SnippetEvidence, figure: Callable[[str], str | None]) ->
     error = result["error"]
     if error is not None:
         outputs.append(new_output("error", ename=error["type"], evalue=error["message"],
-                                     traceback=(error.get("traceback") or "").splitlines()))
+                                  traceback=(error.get("traceback") or "").splitlines()))
     return outputs
 
 
