@@ -146,13 +146,18 @@ def _run_answer(conn: socket.socket) -> None:
     path = request["path"]
     checks: list[dict[str, Any]] = []
 
-    def check(claim: object, condition: object, value: object = None) -> bool:
-        """Record a named piece of evidence; a failing check fails the answer, not the snippet's run."""
+    def check(claim: object, condition: object, value: object = None, *, identity: object = None) -> bool:
+        """Record a named piece of evidence; a failing check fails the answer, not the snippet's run.
+        `identity="why"` marks a check that shows a mathematical identity on purpose (`kb audit`
+        lists it instead of trying to make it fail)."""
         frame: FrameType | None = sys._getframe(1)
         while frame is not None and frame.f_code.co_filename != path:
             frame = frame.f_back
-        checks.append({"claim": str(claim), "passed": bool(condition), "value": show(value),
-                       "line": frame.f_lineno if frame else None})
+        record = {"claim": str(claim), "passed": bool(condition), "value": show(value),
+                  "line": frame.f_lineno if frame else None}
+        if identity is not None:
+            record["identity"] = str(identity)
+        checks.append(record)
         return bool(condition)
 
     namespace = {"__name__": "__main__", "check": check}

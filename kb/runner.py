@@ -124,13 +124,15 @@ class Runner:
             raise RuntimeError("the runner's fork server failed to start")
         ready.close()
 
-    def run(self, answer: Answer) -> ev.Evidence:
-        """Run every runnable snippet of `answer`; return its evidence (never raises for bad code)."""
+    def run(self, answer: Answer, limits: Limits | None = None) -> ev.Evidence:
+        """Run every runnable snippet of `answer`; return its evidence (never raises for bad code).
+        `limits` overrides the runner's for this run (`kb audit` gives a mutant a short timeout)."""
+        limits = limits or self.limits
         if not answer.runnable:  # nothing to isolate: no child process
-            return self._evidence(answer, {}, None, time.monotonic())
+            return self._evidence(answer, {}, None, time.monotonic(), limits)
         sock = self._connect()  # may start the server: not counted against the answer's time
         started = time.monotonic()
-        deadline = started + self.limits.timeout
+        deadline = started + limits.timeout
         workdir = tempfile.mkdtemp(prefix=f"kb-{answer.slug}-")
         link = os.path.join(self._dir, os.path.basename(workdir))
         os.symlink(workdir, link)  # so that a sweep finds it should this process die mid-run
@@ -139,7 +141,7 @@ class Runner:
         group: int | None = None
         try:
             send_frame(sock, {
-                "path": answer.path, "seed": SEED, "workdir": workdir, "limits": asdict(self.limits),
+                "path": answer.path, "seed": SEED, "workdir": workdir, "limits": asdict(limits),
                 "answers_dir": os.path.dirname(os.path.abspath(answer.path)),
                 "snippets": [{"index": s.index, "line": s.line, "code": s.code} for s in answer.runnable],
             })
@@ -149,7 +151,7 @@ class Runner:
                     frame = recv_frame(sock)
                 except TimeoutError:
                     fault = ("timeout", "TimeoutError",
-                             f"the answer ran longer than its {self.limits.timeout:g} s limit and was stopped")
+                             f"the answer ran longer than its {limits.timeout:g} s limit and was stopped")
                     break
                 if frame is None:
                     fault = ("error", "RunnerError", "the runner's fork server stopped unexpectedly")
@@ -169,10 +171,10 @@ class Runner:
                 _kill_group(group)
             shutil.rmtree(workdir, ignore_errors=True)
             _unlink(link)
-        return self._evidence(answer, results, fault, started)
+        return self._evidence(answer, results, fault, started, limits)
 
     def _evidence(self, answer: Answer, results: dict[int, ev.SnippetEvidence], fault: tuple[str, str, str] | None,
-                  started: float) -> ev.Evidence:
+                  started: float, limits: Limits | None = None) -> ev.Evidence:
         snippets: list[ev.SnippetEvidence] = []
         reached = True
         for snippet in answer.snippets:
@@ -188,7 +190,7 @@ class Runner:
                 result = ev.unreached(snippet, "skipped" if snippet.runs else "norun")
             result["attrs"] = sorted(snippet.attrs)
             snippets.append(result)
-        return ev.record(answer, snippets, (time.monotonic() - started) * 1000, asdict(self.limits))
+        return ev.record(answer, snippets, (time.monotonic() - started) * 1000, asdict(limits or self.limits))
 
 
 def _exit_message(status: int) -> str:
