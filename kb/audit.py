@@ -59,7 +59,7 @@ FAILING_STATUSES = ("survived",)  # what makes `kb audit` exit 1
 
 
 def audit_key(answer: Answer) -> str:
-    material = json.dumps([AUDIT_VERSION, BUDGET, MAX_TRIES, ev.cache_key(answer)])
+    material = json.dumps([AUDIT_VERSION, BUDGET, MAX_TRIES, TIMEOUT_FACTOR, MIN_TIMEOUT, ev.cache_key(answer)])
     return hashlib.sha256(material.encode()).hexdigest()
 
 

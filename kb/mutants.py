@@ -470,10 +470,12 @@ def _unit_mutants(unit: _Unit, mutants: list[Mutant], modules: set[str], bound: 
                 add("compare", node, found, found + len(old), new, node)
         elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub)) \
                 and not isinstance(node.operand, ast.Constant):
-            start, end = source.span(node)
-            ostart, _ = source.span(node.operand)
-            if node.lineno == node.operand.lineno:
-                add("compare", node, start, ostart, "", node)
+            start, _ = source.span(node)
+            if isinstance(node.op, ast.USub):
+                add("operator", node, start, start + 1, "", node)  # `-x` → `x`: the sign only, not a bracket
+            else:
+                gap = len(source.code[start + 3:]) - len(source.code[start + 3:].lstrip(" "))
+                add("compare", node, start, start + 3 + gap, "" if gap else " ", node)  # `not x` → `x`
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in SWAPS:
             root = _root(node.func)
             numpy_call = isinstance(root, ast.Name) and (root.id in modules or not isinstance(node.func.value, ast.Name))

@@ -16,6 +16,7 @@ from werkzeug.exceptions import TooManyRequests
 
 from kb import evidence as ev
 from kb.answer import SLUG_RE
+from kb.audit import AuditStore, annotate
 from kb.library import Library, Snapshot
 
 RETRY_AFTER_S = 5
@@ -44,8 +45,25 @@ def figure_url(slug: str, name: str) -> str:
     return url_for("api.figure", slug=slug, name=name)
 
 
+def audits() -> AuditStore:
+    """This app's `kb audit` results (the `audit` table of its database)."""
+    store = current_app.extensions.get("kb_audits")
+    if store is None:
+        store = current_app.extensions["kb_audits"] = AuditStore(library().store.database.path)
+    return store
+
+
+def audited(evidence: ev.Evidence, answer=None) -> ev.Evidence:
+    """The evidence with what `kb audit` found per check and per answer (unchanged where the
+    answer's current code has not been audited: then the page and the API show nothing)."""
+    answer = answer or snapshot().answers.get(evidence["slug"])
+    if answer is None:
+        return evidence
+    return annotate(evidence, answer, audits().get(answer))
+
+
 def public_evidence(evidence: ev.Evidence) -> dict:
-    return ev.public(evidence, figure_url, snapshot().answers.get(evidence["slug"]))
+    return ev.public(audited(evidence), figure_url, snapshot().answers.get(evidence["slug"]))
 
 
 def listing(answer, status: str) -> dict:
@@ -81,7 +99,7 @@ def answer_response(kind: str, answer, make, mimetype: str) -> Response:
     page costs one small SQL query and no Markdown, JSON or template work.
     """
     lib, responses = library(), current_app.extensions["kb_responses"]
-    key = (kind, answer.slug, snapshot().generation, lib.stamp(answer))
+    key = (kind, answer.slug, snapshot().generation, lib.stamp(answer), audits().stamp(answer))
     body, etag = responses.get_or_make(key, lambda: make(lib.evidence(answer)))
     response = Response(body, mimetype=mimetype)
     response.set_etag(etag)

@@ -5,7 +5,7 @@ import ast
 import re
 
 from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from kb import evidence as ev
 from kb.render import figure_size, highlight_python, pygments_css, render_inline
@@ -13,7 +13,7 @@ from kb.topics import BY_KEY, TOPICS
 
 from .api import lookup
 from .guard import allow_run, run_or_reuse
-from .knowledge import answer_or_404, answer_response, figure_url, library, snapshot
+from .knowledge import answer_or_404, answer_response, audited, figure_url, library, snapshot
 from .openapi import spec
 
 pages = Blueprint("pages", __name__)
@@ -22,6 +22,13 @@ pages = Blueprint("pages", __name__)
 @pages.app_template_filter("inline")
 def inline_markdown(text: str):
     return Markup(render_inline(text))
+
+
+@pages.app_template_filter("backticks")
+def backticks(text: str):
+    """`kb audit`'s description of a breakage ("`1/m` → `2/m`") with its code in <code>."""
+    parts = re.split(r"`([^`]*)`", text or "")
+    return Markup("".join(str(escape(p)) if i % 2 == 0 else f"<code>{escape(p)}</code>" for i, p in enumerate(parts)))
 
 
 @pages.before_app_request
@@ -88,6 +95,7 @@ def answer(slug):
 
 def _answer_page(answer, evidence, announce=None) -> str:
     known = snapshot()
+    evidence = audited(evidence, answer)
     by_index = {s["index"]: s for s in evidence["snippets"]}
     rendered = known.rendered(answer)
     parts = []

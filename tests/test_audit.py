@@ -194,41 +194,83 @@ def _perturb(code: str, line: int) -> str | None:
 
 @pytest.mark.parametrize("slug", ["gradient-clipping", "inverted-dropout"])
 def test_the_audit_is_honest_outside_breakages_make_killed_checks_fail(tmp_path, slug):
-    """For each killed check: replay the kill from outside (edit the .md as a person would,
-    run `kb check`) and it fails; and nudge the value computed where the kill was (x → 1.1·x,
-    not one of the audit's operators): most killed checks fail under that too."""
+    """For each killed check: replay the kill from outside (edit the .md text as a person would,
+    parse and run it as `kb check` does) and it fails; and nudge the value computed where the
+    kill was (x → 1.1·x, none of the audit's operators): most killed checks fail under that too."""
+    from kb.runner import Runner
+
     folder = tmp_path / "answers"
-    folder.mkdir()
-    original = ROOT / "answers" / f"{slug}.md"
-    shutil.copy(original, folder / original.name)
-    proc, data = audit(tmp_path, folder / original.name)
+    shutil.copytree(ROOT / "answers", folder)  # its `related` answers must be there
+    path = folder / f"{slug}.md"
+    proc, data = audit(tmp_path, path)
     assert data is not None, proc.stderr
     killed = [c for c in checks_of(data).values() if c["status"] == "killed"]
     assert killed
-    answer = parse_answer(folder / original.name)
-    analysis = analyse(answer)
-    by_description = {(answer.snippets[m.snippet].line + m.line, m.description): m for m in analysis.mutants}
-    nudged_failed = nudged = 0
-    for check in killed:
-        mutant = by_description[(check["mutation"]["line"], check["mutation"]["description"])]
-        text = original.read_text()
-        lines = text.split("\n")
-        snippet = answer.snippets[mutant.snippet]
-        code = snippet.code[:mutant.start] + mutant.replacement + snippet.code[mutant.end:]
-        start = snippet.line  # the fence's line (1-based); the code follows it
+    text = path.read_text()
+    lines = text.split("\n")
+    answer = parse_answer(path)
+    found = {(answer.snippets[m.snippet].line + m.line, m.description): m for m in analyse(answer).mutants}
+
+    def outcome(snippet, code):
+        """{check line: passed} of the answer with `snippet`'s code replaced, run from its text."""
         count = snippet.code.count("\n") + 1
-        (folder / original.name).write_text("\n".join(lines[:start] + code.split("\n") + lines[start + count:]))
-        replay = run_cli("check", folder / original.name, "--db", tmp_path / "replay.sqlite3", "--json", cwd=tmp_path)
-        failed = {c["line"] for s in json.loads(replay.stdout)[0]["snippets"] for c in s["checks"] if not c["passed"]}
-        assert check["line"] in failed, (check, replay.stderr)
-        perturbed = _perturb(snippet.code, mutant.line)
-        if perturbed is not None:
-            (folder / original.name).write_text("\n".join(lines[:start] + perturbed.split("\n") + lines[start + count:]))
-            run = run_cli("check", folder / original.name, "--db", tmp_path / "replay.sqlite3", "--json", cwd=tmp_path)
-            evidence = json.loads(run.stdout)[0]
-            outcome = {c["line"]: c["passed"] for s in evidence["snippets"] for c in s["checks"]}
-            if check["line"] in outcome:
-                nudged += 1
-                nudged_failed += not outcome[check["line"]]
-        (folder / original.name).write_text(text)
+        edited = "\n".join(lines[:snippet.line] + code.split("\n") + lines[snippet.line + count:])
+        evidence = runner.run(parse_answer(path, edited))
+        return {c["line"]: c["passed"] for s in evidence["snippets"] for c in s["checks"]}
+
+    nudged = nudged_failed = 0
+    with Runner() as runner:
+        for check in killed:
+            mutant = found[(check["mutation"]["line"], check["mutation"]["description"])]
+            snippet = answer.snippets[mutant.snippet]
+            replayed = outcome(snippet, snippet.code[:mutant.start] + mutant.replacement + snippet.code[mutant.end:])
+            assert replayed.get(check["line"]) is False, check
+            perturbed = _perturb(snippet.code, mutant.line)
+            if perturbed is not None:
+                result = outcome(snippet, perturbed).get(check["line"])
+                if result is not None:
+                    nudged += 1
+                    nudged_failed += not result
     assert nudged == 0 or nudged_failed / nudged >= 0.5, (nudged_failed, nudged)
+
+
+def test_the_page_and_the_api_show_the_audit_and_nothing_before_it(tmp_path):
+    from jsonschema import Draft202012Validator
+
+    from service import create_app
+    from service.openapi import spec
+
+    write(tmp_path, "average", AVERAGE)
+    write(tmp_path, "identity", IDENTITY)
+    write(tmp_path, "tautologies", TAUTOLOGIES)
+    db = tmp_path / "kb.sqlite3"
+    app = create_app({"KB_ANSWERS": str(tmp_path / "answers"), "KB_DB": str(db), "TESTING": True})
+    document = spec()
+
+    def conforms(payload, name):
+        schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+        assert not [e.message for e in Draft202012Validator(schema).iter_errors(payload)]
+
+    try:
+        client = app.test_client()
+        before = client.get("/api/answers/average/evidence").get_json()
+        assert "audit" not in before and all("audit" not in c for s in before["snippets"] for c in s["checks"])
+        assert "shown able to fail" not in client.get("/answers/average").get_data(as_text=True)
+        proc = run_cli("audit", tmp_path / "answers", "--db", db, "-j", "2", cwd=tmp_path, timeout=300)
+        assert proc.returncode == 1, proc.stdout + proc.stderr  # the tautologies survive
+        evidence = client.get("/api/answers/average/evidence").get_json()
+        conforms(evidence, "Evidence")
+        assert evidence["audit"]["summary"] == "1 of 1 check shown able to fail"
+        (check,) = evidence["snippets"][0]["checks"]
+        assert check["audit"]["status"] == "killed" and check["audit"]["mutation"] and check["audit"]["line"]
+        conforms(client.get("/api/answers/average").get_json(), "Answer")
+        page = client.get("/answers/average").get_data(as_text=True)
+        assert "1 of 1 check shown able to fail" in page and "fails if <code>" in page
+        identity = client.get("/answers/identity").get_data(as_text=True)
+        assert "an identity, shown on purpose: Pythagoras, shown on purpose" in identity
+        assert "0 of 1 check shown able to fail, 1 marked as an identity" in identity
+        conforms(client.get("/api/answers/identity/evidence").get_json(), "Evidence")
+        survivors = client.get("/answers/tautologies").get_data(as_text=True)
+        assert "0 of 3 checks shown able to fail" in survivors and "not shown able to fail" in survivors
+    finally:
+        app.extensions["kb"].close()
