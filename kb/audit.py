@@ -16,7 +16,9 @@ computation the check's condition depends on. Each mutant runs through the ordin
 
 Scheduling. An answer's audit goes in rounds: every check still open picks its next
 candidate not yet run; the round's mutants run in parallel (`jobs`), each only up to the last
-snippet that holds a check it is a candidate for; one run tests every check it reaches. A
+snippet that holds a check it is a candidate for; one run tests every check it reaches. The
+snippets before a mutated one run once for all that round's mutants of that snippet: the
+runner's child forks after them, one fork per mutant (`Runner.run(variants=…)`). A
 mutant that crashes before a check, or times out (4 × the answer's own time, at least 3 s),
 does not count for it. Candidates are tried in a fixed order and a kill within a round is
 credited to the check's earliest candidate, so results do not depend on timing.
@@ -36,7 +38,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from . import evidence as ev
@@ -50,6 +52,7 @@ from .store import Store
 AUDIT_VERSION = "1"
 BUDGET = 12  # candidate mutants that must reach a check, and leave it passing, to call it a survivor
 MAX_TRIES = 3 * BUDGET  # candidates tried for one check at most (crashes and timeouts included)
+VARIANTS_PER_RUN = 8  # mutants of one snippet run after one run of the snippets before it
 TIMEOUT_FACTOR, MIN_TIMEOUT = 4.0, 3.0  # of the answer's own time (measured on a busy machine, perhaps)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -169,18 +172,24 @@ def audit_answer(answer: Answer, baseline: ev.Evidence, runner: Runner, pool: Th
             batch.setdefault(chosen, []).append(site)
         if not batch:
             break
-        futures: dict[int, Future[ev.Evidence]] = {}
+        groups: dict[int, list[tuple[int, int]]] = {}  # first mutated snippet -> [(mutant, last snippet to run)]
         for mutant_id in sorted(batch):
             mutant = analysis.mutants[mutant_id]
             if not valid(answer, mutant):  # a text edit that does not parse: never run, never counts
                 ran.add(mutant_id)
                 continue
             last = max(s.snippet for s in open_sites if mutant_id in candidates_of[id(s)])
-            budget = sum(d for i, d in durations.items() if i <= last)
-            timeout = max(MIN_TIMEOUT, TIMEOUT_FACTOR * budget)
-            limits = Limits(timeout=timeout, memory=runner.limits.memory, output=runner.limits.output)
-            futures[mutant_id] = pool.submit(_run, runner, mutate(answer, mutant, last), limits, counter)
-        results = {mutant_id: outcomes(future.result(), by_snippet) for mutant_id, future in futures.items()}
+            groups.setdefault(mutant.snippet, []).append((mutant_id, last))
+        futures = []
+        for first, members in sorted(groups.items()):
+            for at in range(0, len(members), VARIANTS_PER_RUN):
+                chunk = members[at:at + VARIANTS_PER_RUN]
+                futures.append((chunk, pool.submit(_run_variants, runner, answer, analysis, first, chunk, durations,
+                                                   counter)))
+        results: dict[int, dict[int, bool]] = {}
+        for chunk, future in futures:
+            for (mutant_id, _), evidence in zip(chunk, future.result()):
+                results[mutant_id] = outcomes(evidence, by_snippet)
         ran.update(results)
         runs += len(results)
         for site in list(open_sites):
@@ -213,11 +222,30 @@ def audit_answer(answer: Answer, baseline: ev.Evidence, runner: Runner, pool: Th
             "mutants": len(analysis.mutants), "runs": runs, "seconds": round(time.monotonic() - started, 3)}
 
 
-def _run(runner: Runner, answer: Answer, limits: Limits, counter: Counter | None) -> ev.Evidence:
-    evidence = runner.run(answer, limits)
-    if counter is not None:
-        counter.add()
-    return evidence
+def _timeout(durations: dict[int, float], first: int, last: int) -> float:
+    return max(MIN_TIMEOUT, TIMEOUT_FACTOR * sum(d for i, d in durations.items() if first <= i <= last))
+
+
+def _run_variants(runner: Runner, answer: Answer, analysis: Analysis, first: int, chunk: list[tuple[int, int]],
+                  durations: dict[int, float], counter: Counter | None) -> list[ev.Evidence]:
+    """Run the snippets before `first` once, then each mutant of the chunk (which all start at
+    snippet `first`) in a fork from there, up to its last snippet; one evidence per mutant."""
+    prefix = mutate(answer, None, first - 1)
+    variants = []
+    for mutant_id, last in chunk:
+        mutated = mutate(answer, analysis.mutants[mutant_id], last)
+        variants.append(([s for s in mutated.snippets if s.index >= first and s.runs], _timeout(durations, first, last)))
+    total = _timeout(durations, 0, first - 1) + sum(timeout for _, timeout in variants)
+    limits = Limits(timeout=total, memory=runner.limits.memory, output=runner.limits.output)
+    evidence = runner.run(prefix, limits, variants)
+    ran = [s for s in evidence["snippets"] if s["status"] in ev.RAN]
+    out: list[ev.Evidence] = []
+    forks: list[dict[str, Any]] = evidence.get("variants", [{"snippets": {}}] * len(chunk))
+    for fork in forks:
+        out.append({**evidence, "snippets": ran + list(fork["snippets"].values())})
+        if counter is not None:
+            counter.add()
+    return out
 
 
 def audit_all(answers: Iterable[Answer], db: str | os.PathLike[str], jobs: int = 2, use_cache: bool = True,

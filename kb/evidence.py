@@ -72,10 +72,11 @@ class Evidence(TypedDict):
     key: NotRequired[str]  # internal: the cache key it was stored under
     limits: NotRequired[dict[str, float]]  # internal: the runner's limits it ran with
     audit: NotRequired[dict[str, Any]]  # added when served: the answer's `kb audit` summary
+    variants: NotRequired[list[dict[str, Any]]]  # internal: `kb audit`'s forks (Runner.run(variants=…))
 
 RUNNER_VERSION = "1"
 STATUS_ORDER = ("timeout", "error", "failed", "passed")
-INTERNAL = {"key", "limits"}  # stored with the evidence, not part of its public shape
+INTERNAL = {"key", "limits", "variants"}  # stored with the evidence, not part of its public shape
 
 
 def environment() -> dict[str, str]:

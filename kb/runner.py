@@ -26,9 +26,10 @@ import time
 import weakref
 from dataclasses import asdict, dataclass
 from types import FrameType
+from typing import Any
 
 from . import evidence as ev
-from .answer import Answer
+from .answer import Answer, Snippet
 from .forkserver import recv_frame, send_frame
 
 SEED = 0
@@ -124,11 +125,16 @@ class Runner:
             raise RuntimeError("the runner's fork server failed to start")
         ready.close()
 
-    def run(self, answer: Answer, limits: Limits | None = None) -> ev.Evidence:
+    def run(self, answer: Answer, limits: Limits | None = None,
+            variants: list[tuple[list[Snippet], float]] | None = None) -> ev.Evidence:
         """Run every runnable snippet of `answer`; return its evidence (never raises for bad code).
-        `limits` overrides the runner's for this run (`kb audit` gives a mutant a short timeout)."""
+        `limits` overrides the runner's for this run (`kb audit` gives a mutant a short timeout).
+        `variants` (`kb audit`): after the snippets, run each list of further snippets in a fork
+        of the child, with its own timeout; their results are in the evidence's `variants`
+        ({"snippets": {index: result}, "exit": status or None}), in order."""
         limits = limits or self.limits
-        if not answer.runnable:  # nothing to isolate: no child process
+        forks: list[dict[str, Any]] = [{"snippets": {}, "exit": None} for _ in variants or ()]
+        if not answer.runnable and not variants:  # nothing to isolate: no child process
             return self._evidence(answer, {}, None, time.monotonic(), limits)
         sock = self._connect()  # may start the server: not counted against the answer's time
         started = time.monotonic()
@@ -144,6 +150,8 @@ class Runner:
                 "path": answer.path, "seed": SEED, "workdir": workdir, "limits": asdict(limits),
                 "answers_dir": os.path.dirname(os.path.abspath(answer.path)),
                 "snippets": [{"index": s.index, "line": s.line, "code": s.code} for s in answer.runnable],
+                "variants": [{"timeout": timeout, "snippets": [{"index": s.index, "line": s.line, "code": s.code}
+                                                               for s in snippets]} for snippets, timeout in variants or ()],
             })
             while True:
                 sock.settimeout(max(deadline - time.monotonic(), 0.001))
@@ -156,7 +164,13 @@ class Runner:
                 if frame is None:
                     fault = ("error", "RunnerError", "the runner's fork server stopped unexpectedly")
                     break
-                if "pid" in frame:
+                if "variant" in frame:
+                    fork = forks[frame["variant"]]
+                    if "snippet" in frame:
+                        fork["snippets"][frame["snippet"]["index"]] = frame["snippet"]
+                    else:
+                        fork["exit"] = frame["exit"]
+                elif "pid" in frame:
                     group = frame["pid"]
                 elif "snippet" in frame:
                     results[frame["snippet"]["index"]] = frame["snippet"]
@@ -171,7 +185,10 @@ class Runner:
                 _kill_group(group)
             shutil.rmtree(workdir, ignore_errors=True)
             _unlink(link)
-        return self._evidence(answer, results, fault, started, limits)
+        evidence = self._evidence(answer, results, fault, started, limits)
+        if variants:
+            evidence["variants"] = forks
+        return evidence
 
     def _evidence(self, answer: Answer, results: dict[int, ev.SnippetEvidence], fault: tuple[str, str, str] | None,
                   started: float, limits: Limits | None = None) -> ev.Evidence:

@@ -274,3 +274,21 @@ def test_the_page_and_the_api_show_the_audit_and_nothing_before_it(tmp_path):
         assert "0 of 3 checks shown able to fail" in survivors and "not shown able to fail" in survivors
     finally:
         app.extensions["kb"].close()
+
+
+def test_a_mutant_that_loops_forever_is_stopped_and_does_not_count(tmp_path):
+    path = write(tmp_path, "halving", """
+        import numpy as np
+        steps = 0
+        x = 10.0
+        while x > 1:
+            x = x / 2
+            steps += 1
+        """, """
+        check("halving 10 gets it below 1 in 4 steps", steps == 4 and 0.5 < x <= 1, (steps, x))
+        """)
+    proc, data = audit(tmp_path, path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (check,) = checks_of(data).values()
+    assert check["status"] == "killed"
+    assert data["seconds"] < 60
