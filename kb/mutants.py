@@ -411,7 +411,8 @@ def _excluded_spans(tree: ast.AST) -> list[ast.AST]:
 def _unit_mutants(unit: _Unit, mutants: list[Mutant], modules: set[str], bound: set[str]) -> Iterator[Mutant]:
     source = _Source(unit.snippet.code)
     blocked = {id(n) for root in _excluded_spans(unit.node) for n in ast.walk(root)}
-    by_kind: dict[str, list[tuple[int, str, int, int, str, str]]] = {k: [] for k in KIND_ORDER}
+    by_kind: dict[str, list[tuple[int, int, str, int, int, str, str]]] = {k: [] for k in KIND_ORDER}
+    variants: dict[tuple[str, int], int] = {}
     rebound = bound | _defined_inside(unit)
     parents: dict[int, ast.AST] = {}
     for node in ast.walk(unit.node):
@@ -429,7 +430,8 @@ def _unit_mutants(unit: _Unit, mutants: list[Mutant], modules: set[str], bound: 
             before = source.code[cstart:cend]
             after = source.code[cstart:start] + replacement + source.code[end:cend]
             description = f"`{_short(before)}` → `{_short(after)}`"
-        by_kind[kind].append((line, kind, start, end, replacement, description))
+        variant = variants[(kind, start)] = variants.get((kind, start), -1) + 1  # 2x is variant 0, x/2 variant 1
+        by_kind[kind].append((variant, line, kind, start, end, replacement, description))
 
     for node in ast.walk(unit.node):
         if id(node) in blocked:
@@ -491,16 +493,16 @@ def _unit_mutants(unit: _Unit, mutants: list[Mutant], modules: set[str], bound: 
             start, end = source.span(node.iter)
             add("drop", node, start, end, "[]",
                 description=f"the loop `for … in {_short(source.text(node.iter))}` runs zero times")
-    # One of each kind before a second of any; within a kind, the last lines first (where the
-    # result is computed).
-    queues = [sorted(by_kind[k], key=lambda m: (-m[0], m[2])) for k in KIND_ORDER]
+    # One of each kind before a second of any; within a kind, one edit of every place before a
+    # second edit of any, and the last lines first (where the result is computed).
+    queues = [sorted(by_kind[k], key=lambda m: (m[0], -m[1], m[3])) for k in KIND_ORDER]
     order = []
     while any(queues):
         for queue in queues:
             if queue:
                 order.append(queue.pop(0))
     seen = set()
-    for line, kind, start, end, replacement, description in order:
+    for _, line, kind, start, end, replacement, description in order:
         if (start, end, replacement) in seen:
             continue
         seen.add((start, end, replacement))
