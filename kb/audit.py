@@ -34,6 +34,7 @@ import copy
 import hashlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -49,10 +50,11 @@ from .mutants import Analysis, Mutant, Site, analyse, mutate, valid
 from .runner import Limits, Runner
 from .store import Store
 
-AUDIT_VERSION = "2"  # bump when mutants, their order or the scheduling change: cached audits are redone
+AUDIT_VERSION = "3"  # bump when mutants, their order or the scheduling change: cached audits are redone
 BUDGET = 12  # candidate mutants that must reach a check, and leave it passing, to call it a survivor
 MAX_TRIES = 3 * BUDGET  # candidates tried for one check at most (crashes and timeouts included)
 VARIANTS_PER_RUN = 8  # mutants of one snippet run after one run of the snippets before it
+FILL = 6  # a round's run for one snippet takes up to this many mutants (the open checks' next candidates)
 TIMEOUT_FACTOR, MIN_TIMEOUT = 4.0, 3.0  # of the answer's own time (measured on a busy machine, perhaps)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -102,12 +104,15 @@ def rebase(record: dict[str, Any], answer: Answer) -> dict[str, Any]:
 
 
 class Counter:
-    def __init__(self) -> None:
-        self.runs, self._lock = 0, threading.Lock()
+    """Mutant runs so far, and how many of them a timeout stopped."""
 
-    def add(self) -> None:
+    def __init__(self) -> None:
+        self.runs, self.timeouts, self._lock = 0, 0, threading.Lock()
+
+    def add(self, timed_out: bool = False) -> None:
         with self._lock:
             self.runs += 1
+            self.timeouts += timed_out
 
 
 def _site_of(sites: dict[int, list[Site]], snippet: int, rel: int) -> Site | None:
@@ -156,20 +161,44 @@ def audit_answer(answer: Answer, baseline: ev.Evidence, runner: Runner, pool: Th
     cursor = {id(site): 0 for site in open_sites}
     ran: set[int] = set()
     runs = 0
+    def advance(site: Site, taken: set[int]) -> int | None:
+        """The site's next candidate not run yet nor taken this round (its cursor moves past the others)."""
+        at = cursor[id(site)]
+        while at < len(site.candidates) and (site.candidates[at] in ran or site.candidates[at] in taken):
+            at += 1
+        cursor[id(site)] = at
+        return site.candidates[at] if at < len(site.candidates) else None
+
     while open_sites:
-        batch: dict[int, list[Site]] = {}
-        for site in list(open_sites):
+        batch: set[int] = set()
+        for site in list(open_sites):  # every open check takes its next candidate
             entry = state[id(site)]
-            while cursor[id(site)] < len(site.candidates) and site.candidates[cursor[id(site)]] in ran:
-                cursor[id(site)] += 1
-            if cursor[id(site)] >= len(site.candidates) or entry["tried"] >= MAX_TRIES:
+            chosen = advance(site, batch)
+            if chosen is None or entry["tried"] >= MAX_TRIES:
                 entry["status"] = "survived"
                 open_sites.remove(site)
                 continue
-            chosen = site.candidates[cursor[id(site)]]
-            cursor[id(site)] += 1
+            batch.add(chosen)
             entry["tried"] += 1
-            batch.setdefault(chosen, []).append(site)
+        # The snippets before a mutated one run once for all the round's mutants of that snippet:
+        # fill each such run up to FILL mutants with the next candidates of the open checks, when
+        # they mutate the same snippet (a fixed rule, so the schedule never depends on timing).
+        for first in sorted({analysis.mutants[m].snippet for m in batch}):
+            size = sum(analysis.mutants[m].snippet == first for m in batch)
+            grew = True
+            while size < FILL and grew:
+                grew = False
+                for site in open_sites:
+                    entry = state[id(site)]
+                    if size >= FILL or entry["tried"] >= MAX_TRIES:
+                        continue
+                    chosen = advance(site, batch)
+                    if chosen is None or analysis.mutants[chosen].snippet != first:
+                        continue
+                    batch.add(chosen)
+                    entry["tried"] += 1
+                    size += 1
+                    grew = True
         if not batch:
             break
         groups: dict[int, list[tuple[int, int]]] = {}  # first mutated snippet -> [(mutant, last snippet to run)]
@@ -243,8 +272,10 @@ def _run_variants(runner: Runner, answer: Answer, analysis: Analysis, first: int
     forks: list[dict[str, Any]] = evidence.get("variants", [{"snippets": {}}] * len(chunk))
     for fork in forks:
         out.append({**evidence, "snippets": ran + list(fork["snippets"].values())})
+        status = fork.get("exit")
+        timed_out = status is not None and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGALRM
         if counter is not None:
-            counter.add()
+            counter.add(timed_out or evidence["status"] == "timeout")
     return out
 
 
@@ -393,11 +424,12 @@ def cmd_audit(args: argparse.Namespace, default_answers: str) -> int:
     print(f"{len(records)} answers: {total['checks']} checks, {total['killed']} killed, {total['identity']} identities, "
           f"{total['survived']} survived" + (f", {total['failing']} failing" if total["failing"] else "")
           + (f", {total['unreached']} unreached" if total["unreached"] else "")
-          + f" ({counter.runs} mutants run in {elapsed:.1f} s{rate})", file=report)
+          + f" ({counter.runs} mutants run in {elapsed:.1f} s{rate}, {counter.timeouts} stopped by their timeout)",
+          file=report)
     records.sort(key=lambda r: r["slug"])
     if args.json:
         json.dump({"answers": [{**r, "path": answers[r["slug"]].path} for r in records], "totals": total,
-                   "mutants_run": counter.runs, "seconds": round(elapsed, 3)}, sys.stdout, indent=2, ensure_ascii=False)
+                   "mutants_run": counter.runs, "timeouts": counter.timeouts, "seconds": round(elapsed, 3)}, sys.stdout, indent=2, ensure_ascii=False)
         print()
     if errors or any(r.get("error") for r in records):
         return 2
