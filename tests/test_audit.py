@@ -178,7 +178,7 @@ def test_a_mutant_keeps_every_check_line_of_the_original():
 
 def _perturb(code: str, line: int) -> str | None:
     """An outside breakage that is none of the audit's operators: the value assigned on `line`
-    (or returned there) nudged by 10%: `x = e` becomes `x = (e) * 1.1`."""
+    (or returned there) shifted: `x = e` becomes `x = (e) + 0.1` (the audit never adds a term)."""
     tree = ast.parse(code)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Assign, ast.Return)) and node.value is not None and node.lineno <= line <= node.end_lineno \
@@ -187,7 +187,7 @@ def _perturb(code: str, line: int) -> str | None:
             text = lines[node.value.lineno - 1]
             raw = text.encode()
             start, end = node.value.col_offset, node.value.end_col_offset
-            lines[node.value.lineno - 1] = (raw[:start] + b"(" + raw[start:end] + b") * 1.1" + raw[end:]).decode()
+            lines[node.value.lineno - 1] = (raw[:start] + b"(" + raw[start:end] + b") + 0.1" + raw[end:]).decode()
             return "\n".join(lines)
     return None
 
@@ -195,8 +195,8 @@ def _perturb(code: str, line: int) -> str | None:
 @pytest.mark.parametrize("slug", ["gradient-clipping", "inverted-dropout"])
 def test_the_audit_is_honest_outside_breakages_make_killed_checks_fail(tmp_path, slug):
     """For each killed check: replay the kill from outside (edit the .md text as a person would,
-    parse and run it as `kb check` does) and it fails; and nudge the value computed where the
-    kill was (x → 1.1·x, none of the audit's operators): most killed checks fail under that too."""
+    parse and run it as `kb check` does) and it fails; and shift the value computed where the
+    kill was (x → x + 0.1, none of the audit's operators): most killed checks fail under that too."""
     from kb.runner import Runner
 
     folder = tmp_path / "answers"
