@@ -50,7 +50,7 @@ from .mutants import Analysis, Mutant, Site, analyse, mutate, valid
 from .runner import Limits, Runner
 from .store import Store
 
-AUDIT_VERSION = "3"  # bump when mutants, their order or the scheduling change: cached audits are redone
+AUDIT_VERSION = "4"  # bump when mutants, their order or the scheduling change: cached audits are redone
 BUDGET = 12  # candidate mutants that must reach a check, and leave it passing, to call it a survivor
 MAX_TRIES = 3 * BUDGET  # candidates tried for one check at most (crashes and timeouts included)
 VARIANTS_PER_RUN = 8  # mutants of one snippet run after one run of the snippets before it

@@ -582,6 +582,9 @@ def _context(source: _Source, node: ast.AST, parents: dict[int, ast.AST]) -> ast
     shown = node
     for _ in range(2):
         parent = parents.get(id(shown))
+        if isinstance(parent, ast.keyword):  # `alpha=0.0`, not a bare `0.0`
+            shown = parent
+            parent = parents.get(id(parent))
         if not isinstance(parent, ast.expr) or _is_check(parent):
             break
         if parent.lineno != parent.end_lineno or len(source.text(parent)) > 40:
