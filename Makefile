@@ -20,6 +20,8 @@ run: setup
 
 test: setup
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n auto
 
 # Benchmarks against baselines measured in the same run; writes bench/results.md and a plot.

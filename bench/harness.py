@@ -1,6 +1,6 @@
 """The baselines' way of running an answer's snippets, as close to the runner's child as it gets.
 
-One function, `run_answer`, does what `kb.forkserver._run_answer` does minus the isolation:
+One function, `run_answer`, does what `kb.run.child.run_answer` does minus the isolation:
 seed NumPy's and Python's RNGs, give the snippets one fresh namespace with a `check(...)` that
 records claims (values rendered with the runner's own `show`), capture each snippet's stdout,
 save every figure a snippet leaves open as SVG (as the runner does) and close it. It is used by
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from kb.forkserver import show  # noqa: E402 - the runner's rendering of checked values
+from kb.run.child import show  # noqa: E402 - the runner's rendering of checked values
 
 SEED = 0
 
@@ -84,7 +84,7 @@ def run_answer(answer: dict) -> dict:
 
 
 def answer_request(answer) -> dict:
-    """The JSON-able request for a `kb.answer.Answer`: what the fork server is sent."""
+    """The JSON-able request for a `kb.format.answer.Answer`: what the fork server is sent."""
     return {"slug": answer.slug, "path": answer.path,
             "snippets": [{"line": s.line, "code": s.code} for s in answer.runnable]}
 
@@ -179,7 +179,7 @@ def _serve() -> None:
     """The in-process baseline as a worker: preload like the fork server, say `ready`, then run
     one answer per JSON line on stdin (in this process, or with "fork": true in a child forked
     from it), answering with its times on stdout."""
-    from kb.forkserver import _preload
+    from kb.run.server import _preload
 
     _preload()
     out = sys.stdout

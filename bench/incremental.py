@@ -51,8 +51,8 @@ def kb_check(answers: Path, db: Path) -> dict:
 
 def service_reload(answers: Path, db: Path) -> dict:
     """The two edits against a Library inside create_app (the service's defaults)."""
-    from kb.index import SearchIndex
-    from kb.runner import Runner
+    from kb.run.runner import Runner
+    from kb.search.index import SearchIndex
     from service import create_app
 
     runs, rebuilds = [], []

@@ -1,7 +1,7 @@
 """Lookup benchmark (issue 9): quality on the test split, latency, memory and start-up.
 
 Quality: top-1, top-3 and MRR on the test split of `tests/lookup_eval/` for the hybrid lookup
-(`kb.lookup`), today's ranker (`kb.index.SearchIndex.search`, FTS5 BM25 alone) and a plain BM25
+(`kb.search.lookup`), today's ranker (`kb.search.index.SearchIndex.search`, FTS5 BM25 alone) and a plain BM25
 (rank-bm25's BM25Okapi over the same fields: title, aliases, summary, tags, body), plus how the
 out-of-scope questions are handled (share answered "not confident"; the BM25 rankers have no
 such notion). Latency: in-process p50/p99 of `Lookup.search` over the test questions with the
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kb.answer import load_answers
-from kb.index import SearchIndex, clean_body
-from kb.lookup import Lookup
-from kb.semantic import DIMENSION, shared_embedder
+from kb.format.answer import load_answers
+from kb.search.embeddings import DIMENSION, shared_embedder
+from kb.search.index import SearchIndex, clean_body
+from kb.search.lookup import Lookup
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))            # `from bench import scale` when run as a script
@@ -94,9 +94,9 @@ def seed_random_vectors(db_path, answers) -> None:
     """Store random unit vectors as the cached embeddings of synthetic answers' texts: the cost
     of a look-up does not depend on their values, and embedding 10,000 synthetic answers would
     take the better part of an hour (embedding cost: the real answers' cold start, below)."""
-    from kb.database import Database
-    from kb.lookup import sections
-    from kb.semantic import CACHE_SQL, cache_key
+    from kb.search.embeddings import CACHE_SQL, cache_key
+    from kb.search.lookup import sections
+    from kb.store.database import Database
 
     texts = []
     for a in answers:
@@ -106,7 +106,7 @@ def seed_random_vectors(db_path, answers) -> None:
     with Database(db_path).write() as db:                 # without loading the model
         db.execute(CACHE_SQL)
         db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?)",
-                       [(cache_key(t), v.tobytes()) for t, v in zip(texts, vectors)])
+                       [(cache_key(t), v.tobytes()) for t, v in zip(texts, vectors, strict=True)])
 
 
 def synthetic(n: int, work: Path) -> Lookup:
@@ -129,16 +129,16 @@ sys.path.insert(0, sys.argv[1])
 def rss():
     return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmRSS")))
 start = time.perf_counter()
-from kb.answer import load_answers
-from kb.index import SearchIndex
+from kb.format.answer import load_answers
+from kb.search.index import SearchIndex
 answers, _ = load_answers([sys.argv[1] + "/answers"])
 index = SearchIndex(sys.argv[2])
 index.rebuild(answers.values())
 before = rss()
 today = time.perf_counter() - start
 if sys.argv[3] == "ours":
-    from kb.lookup import Lookup
-    from kb.semantic import shared_embedder
+    from kb.search.lookup import Lookup
+    from kb.search.embeddings import shared_embedder
     lookup = Lookup(index, sys.argv[2], shared_embedder())
     lookup.rebuild(answers.values())
     lookup.search("why subtract the max before exponentiating", 5)
@@ -184,7 +184,7 @@ def report(r: dict) -> tuple[str, dict]:
              f"{r['answers']} answers; weights and threshold fitted on dev only (`bench/lookup_fit.py`).", "",
              "| ranker | top-1 | top-3 | MRR | out-of-scope not confident | in-scope not confident |",
              "|---|---|---|---|---|---|"]
-    for name, label in (("ours", "hybrid (kb.lookup)"), ("today", "today's ranker (FTS5 BM25)"),
+    for name, label in (("ours", "hybrid (kb.search.lookup)"), ("today", "today's ranker (FTS5 BM25)"),
                         ("bm25", "plain BM25 (rank-bm25)")):
         row = q[name]
         extra = (f"{row['outside_not_confident']:.0%} | {row['inside_not_confident']:.1%}"

@@ -1,6 +1,6 @@
 """Fit the lookup's fusion weights and confidence threshold on the dev split (never on test).
 
-    .venv/bin/python bench/lookup_fit.py        # prints WEIGHTS, CALIBRATION and CONFIDENT for kb/lookup.py
+    .venv/bin/python bench/lookup_fit.py        # prints WEIGHTS, CALIBRATION and CONFIDENT for kb/search/lookup.py
 
 Dev questions are also the answers' aliases (learners' phrasings are added from dev, never from
 test), and a question scored against its own copy matches perfectly: a fit on that would trust
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kb import lookup as lk
-from kb.answer import load_answers
-from kb.index import SearchIndex
-from kb.semantic import shared_embedder
+from kb.format.answer import load_answers
+from kb.search import lookup as lk
+from kb.search.embeddings import shared_embedder
+from kb.search.index import SearchIndex
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is scripts, not a package on the path
 

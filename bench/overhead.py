@@ -2,7 +2,7 @@
 
 Modes, each running the same snippets of every answer, one answer after the other:
 - exec: in-process `exec` in one warm interpreter, no isolation (bench/harness.py `exec`);
-- runner: `kb.runner.Runner.run`, no cache (fork server, one forked child per answer);
+- runner: `kb.run.runner.Runner.run`, no cache (fork server, one forked child per answer);
 - subprocess: a fresh `python` per answer (bench/harness.py `one`);
 - kernel: a fresh Jupyter kernel per answer, the answer's notebook executed by nbclient.
 Modes are interleaved answer by answer (each answer runs in all four modes, in an order rotated
@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
-from kb import evidence as ev
-from kb.answer import Answer, Snippet, load_answers
-from kb.runner import Runner
+from kb.format.answer import Answer, Snippet, load_answers
+from kb.run.runner import Runner
+from kb.store import evidence as ev
 
 from . import runner_overhead
 from .common import PYTHON, ROOT, env, log, med_spread, median, percentile, table, verdict
@@ -93,7 +94,7 @@ def run(repeats: int = 3, overhead_repeats: int = 200) -> dict:
             # The first repeat also runs each answer in a child forked from the warm exec worker.
             modes = MODES + (("fork",) if repeat == 0 else ())
             log(f"overhead: repeat {repeat + 1}/{repeats}: {len(answers)} answers × {len(modes)} modes")
-            for k, (answer, request) in enumerate(zip(answers, requests)):
+            for k, (answer, request) in enumerate(zip(answers, requests, strict=True)):
                 shift = (k + repeat) % len(modes)
                 for mode in modes[shift:] + modes[:shift]:
                     if mode in ("exec", "fork"):
@@ -104,11 +105,11 @@ def run(repeats: int = 3, overhead_repeats: int = 200) -> dict:
                             continue
                         result = (full["ms"], full["passed"], full["checks"])
                     elif mode == "runner":
-                        result = _timed(lambda: runner_run(answer))
+                        result = _timed(partial(runner_run, answer))
                     elif mode == "subprocess":
-                        result = _timed(lambda: _subprocess(request))
+                        result = _timed(partial(_subprocess, request))
                     else:
-                        result = _timed(lambda: _kernel(request))
+                        result = _timed(partial(_kernel, request))
                     per_answer[mode][repeat][answer.slug] = result
     worker.close()
 

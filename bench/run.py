@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -92,7 +92,7 @@ def plot(r1: dict, r2: dict, r3: dict) -> None:
            [max(r1["totals"][m]) - meds[i] for i, m in enumerate(modes)]]
     bars = ax.bar(["exec\n(no isolation)", "kb runner", "fresh python\nper answer", "Jupyter kernel\nper answer"],
                   meds, yerr=err, capsize=4, color=["#999999", "#2b7bba", "#e3a33b", "#c4443b"])
-    for bar, m in zip(bars, modes):
+    for bar, m in zip(bars, modes, strict=True):
         ax.annotate(f"{median(r1['ratio_exec'][m]):.2f}× exec", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
     ax.set_ylim(0, max(max(r1["totals"][m]) for m in modes) * 1.12)
@@ -105,7 +105,7 @@ def plot(r1: dict, r2: dict, r3: dict) -> None:
     for offset, which, color in ((-0.2, "service", "#2b7bba"), (0.2, "floor", "#999999")):
         values = [[run["rps"] for run in r2["results"][n][which]] for n in names]
         meds = [median(v) for v in values]
-        err = [[m - min(v) for m, v in zip(meds, values)], [max(v) - m for m, v in zip(meds, values)]]
+        err = [[m - min(v) for m, v in zip(meds, values, strict=True)], [max(v) - m for m, v in zip(meds, values, strict=True)]]
         ax.bar([i + offset for i in x], meds, width=0.4, yerr=err, capsize=4, color=color,
                label="kb service" if which == "service" else "Flask floor (same bytes)")
     ax.set_xticks(list(x), names)
@@ -170,7 +170,7 @@ def measure_all() -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     info["minutes"] = (time.monotonic() - started) / 60
-    info["date"] = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}"
+    info["date"] = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
     raw = {"machine": info, "overhead": r1, "serving": r2, "scale": r3, "incremental": r4, "lookup": r5, "audit": r6}
     RAW.write_text(json.dumps(raw), encoding="utf-8")
     return raw

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy  # noqa: E402,F401 - the fork baseline forks an interpreter that imported NumPy
 
-from kb.answer import Answer, Snippet  # noqa: E402
-from kb.runner import Runner  # noqa: E402
+from kb.format.answer import Answer, Snippet  # noqa: E402
+from kb.run.runner import Runner  # noqa: E402
 
 
 def timed(action, repeats: int, gap: float = 0.0) -> list[float]:

@@ -51,8 +51,8 @@ WORD_RE = re.compile(r"[A-Za-z][a-z]+")
 
 def _corpus():
     """Word frequencies of the real answers' indexed prose, and their tags."""
-    from kb.answer import load_answers
-    from kb.index import STOP_WORDS, clean_body
+    from kb.format.answer import load_answers
+    from kb.search.index import STOP_WORDS, clean_body
 
     answers, _ = load_answers([ROOT / "answers"])
     counts: dict[str, int] = {}
@@ -76,7 +76,7 @@ def generate(directory: Path, n: int, seed: int = SEED) -> None:
     cdf = np.cumsum(weights)
     cdf /= cdf[-1]
     content_pool = content[:3000] + made_up[:2000]
-    tag_pool = real_tags + [f"{a}-{b}" for a, b in zip(rng.choice(content[:400], 60), rng.choice(content[:400], 60))]
+    tag_pool = real_tags + [f"{a}-{b}" for a, b in zip(rng.choice(content[:400], 60), rng.choice(content[:400], 60), strict=True)]
     tag_pool = sorted({t.lower() for t in tag_pool})
 
     def draw(k: int) -> list[str]:
@@ -122,7 +122,7 @@ def generate(directory: Path, n: int, seed: int = SEED) -> None:
 
 def queries(directory: Path, count: int = 100, seed: int = SEED) -> list[str]:
     """Half the titles of random answers with a word dropped, half 2–5 random words of them."""
-    from kb.answer import parse_answer
+    from kb.format.answer import parse_answer
 
     rng = np.random.default_rng(seed + 1)
     files = sorted(directory.glob("*.md"))
@@ -157,11 +157,11 @@ def _latencies(call, items, passes: int = 3) -> list[float]:
 
 
 def _load_overhead(directory: Path) -> tuple[float, float]:
-    """(seconds per call, seconds per answer) that kb.answer.load_answers spends beyond parsing,
+    """(seconds per call, seconds per answer) that kb.format.answer.load_answers spends beyond parsing,
     from loading 20 and then 40 files of the directory (load_answers accepts files): a `related`
     check that lists the directory once per answer shows up per answer, one listing per call
     shows up per call."""
-    from kb.answer import load_answers, parse_answer
+    from kb.format.answer import load_answers, parse_answer
 
     files = sorted(directory.glob("*.md"))[:40]
     extra = {}
@@ -181,8 +181,8 @@ def _load_overhead(directory: Path) -> tuple[float, float]:
 
 
 def _linear_load_answers(paths, parse=None):
-    """kb.answer.load_answers with the directory scanned once instead of once per answer."""
-    from kb import answer as kb_answer
+    """kb.format.answer.load_answers with the directory scanned once instead of once per answer."""
+    from kb.format import answer as kb_answer
 
     parse = parse or kb_answer.parse_answer
     answers, errors, siblings = {}, [], {}
@@ -225,10 +225,10 @@ class Timers:
 
 def measure(directory: Path, builds: int, passes: int) -> dict:
     """In a fresh process: create_app over the directory, timed phase by phase, then lookups."""
-    import kb.answer
-    import kb.index
+    import kb.format.answer
     import kb.library
-    from kb.index import SearchIndex, match_expression
+    import kb.search.index
+    from kb.search.index import SearchIndex, match_expression
     from service import create_app
 
     n = len(list(directory.glob("*.md")))
@@ -250,8 +250,8 @@ def measure(directory: Path, builds: int, passes: int) -> dict:
     timers.wrap(yaml, "safe_load", "yaml")
     timers.wrap(yaml, "load", "yaml")
     timers.wrap(SearchIndex, "rebuild", "index build")
-    timers.wrap(kb.index, "document", "clean_body")
-    timers.wrap(kb.index, "digest", "digests")
+    timers.wrap(kb.search.index, "document", "clean_body")
+    timers.wrap(kb.search.index, "digest", "digests")
     before = _rss_kib()
     with scratch as tmp:
         started = time.perf_counter()
@@ -291,7 +291,7 @@ def measure(directory: Path, builds: int, passes: int) -> dict:
 
 
 def load_answers_for_seeding(directory: Path):
-    from kb.answer import parse_answer
+    from kb.format.answer import parse_answer
 
     return [parse_answer(path) for path in sorted(directory.glob("*.md"))]
 
@@ -376,7 +376,7 @@ def report(results: dict) -> tuple[str, dict]:
         "",
         "Search time follows the number of answers a query matches: the query's words are OR-ed, so common "
         f"words match most answers (median {big['matches']:,.0f} of {at} per query here), and every match is "
-        "scored before the best 5 are kept (kb/index.py `SearchIndex.search`).",
+        "scored before the best 5 are kept (kb/search/index.py `SearchIndex.search`).",
         "",
         "Where `create_app`'s time goes, in seconds, timed where each function is called during `create_app` "
         "(nested: YAML is part of parsing, parsing part of loading; body cleaning and the answers' digests are part "
@@ -408,7 +408,7 @@ def report(results: dict) -> tuple[str, dict]:
     growth = big_each / max(small_each, 1e-9)
     if beyond(sizes[-1]) > 0.5 * big["phases"]["parse"] and growth > size_ratio / 3:
         lines += [
-            "`kb.answer.load_answers` grows quadratically: beyond parsing it spends "
+            "`kb.format.answer.load_answers` grows quadratically: beyond parsing it spends "
             f"{small_each * 1000:.2f} ms per answer at {sizes[0]:,} and {big_each * 1000:.2f} ms at {at} "
             f"(×{growth:.0f}): its `related` check lists the whole directory once per answer. At {at} answers that "
             f"is ~{beyond(sizes[-1]):.0f} s against {big['phases']['parse']:.1f} s for parsing every file, paid "
@@ -418,7 +418,7 @@ def report(results: dict) -> tuple[str, dict]:
     if big["phases"]["yaml"] > 0.5 * big["phases"]["parse"]:
         lines += [
             f"Parsing is mostly YAML ({big['phases']['yaml']:.1f} of {big['phases']['parse']:.1f} s at {at}; "
-            "kb/answer.py `_front_matter`).",
+            "kb/format/answer.py `_front_matter`).",
             "",
         ]
     patched = [n for n in sizes if results[n]["patched"]]

@@ -150,7 +150,7 @@ def run(db_seed: Path, rounds: int = 2) -> dict:
         servers["floor"] = Server("bench.floor_app:create_app()", {"BENCH_FLOOR_PAGES": str(work / "floor.json")},
                                   work / "floor.log")
         servers["floor"].wait_ready(PATHS["cached answer page"])
-        for name, path in PATHS.items():  # same bytes, both 200 (wrk sends no If-None-Match)
+        for path in PATHS.values():  # same bytes, both 200 (wrk sends no If-None-Match)
             service, floor = servers["service"].get(path), servers["floor"].get(path)
             if service[:2] != floor[:2]:
                 raise RuntimeError(f"the floor does not return the service's bytes for {path}")
@@ -207,7 +207,7 @@ def _why(r: dict, ratio: float) -> str:
     floor_rps = median([x["rps"] for x in r["results"][name]["floor"]])
     per_request = 2 / floor_rps * 1000  # ms of the 2 cores per request at the floor's rate (wrk included)
     expected = per_request / (per_request + max(service - floor, 0))
-    ratios = [s["rps"] / f["rps"] for s, f in zip(r["results"][name]["service"], r["results"][name]["floor"])]
+    ratios = [s["rps"] / f["rps"] for s, f in zip(r["results"][name]["service"], r["results"][name]["floor"], strict=True)]
     return (f"Why: without HTTP the service's cached page costs {service:.3f} ms per request against {floor:.3f} ms "
             f"for the floor (table below: the change check, the evidence stamp look-up, the security headers, the "
             f"ETag and conditional handling). At the floor's {floor_rps:.0f} requests/s the 2 cores spend "
@@ -224,7 +224,7 @@ def report(r: dict) -> tuple[str, dict]:
         for runs in (service, floor):
             bad += [f"{name}: {x['non2xx']} non-2xx, {x['socket_errors']} socket errors"
                     for x in runs if x["non2xx"] or x["socket_errors"]]
-        ratios = [s["rps"] / f["rps"] for s, f in zip(service, floor)]
+        ratios = [s["rps"] / f["rps"] for s, f in zip(service, floor, strict=True)]
         for which, runs in (("service", service), ("floor", floor)):
             rows.append([f"`{path}`" if which == "service" else "", which,
                          med_spread([x["rps"] for x in runs], "{:.0f}"),

@@ -1,15 +1,20 @@
 """kb: answers about neural-network fundamentals, backed by executable NumPy evidence.
 
-The layers, each importing only those above it (tests/test_layers.py enforces the last rule):
+One subpackage per subsystem, each importing only those below it (import-linter checks the
+contracts in pyproject.toml, `make test` runs it):
 
-- format: `topics`, `blocks` (the one fence lexer), `answer` (front matter, snippets, `path:line` errors)
-- evidence: `evidence` (the record's shape and rules), `forkserver` + `runner` (isolated runs),
-  `database` + `store` (the SQLite cache), `checker` (cache or run)
-- reading: `render` (Markdown, MathML, code), `index` (search)
-- `library` (one app's answers, evidence and index: the service talks to this object only)
-- front ends: `cli` (`kb check/new/lint`), `pytest_plugin`, `authoring`
-- `mutants` + `audit` (`kb audit`: can each check fail? mutation testing of the evidence)
+- `kb.format`: the answer file (`answer`, the `blocks` fence lexer, `topics`)
+- `kb.store`: the SQLite file (`evidence` the record's shape, `database`, `cache` the evidence
+  cache, `gaps`)
+- `kb.run`: running snippets in isolated children (`limits`, `frames`, `child`, `server` the
+  fork server, `runner`, `checker` cache or run)
+- `kb.search`: lookup, a question to answers (`index` FTS5, `embeddings`, `lookup`)
+- `kb.render`: bodies to safe HTML (`markdown`, `mathml`)
+- on top: `library` (one app's answers, evidence, rendering and lookup, reloaded on edits),
+  `authoring` (`kb new`, `kb lint`), `cli` (the `kb` command), `pytest_plugin`
+- `audit` (`kb audit`: can each check fail? mutation testing of the evidence) on `mutants` (a
+  check's dependencies and their small breakages)
 
-`kb` never imports Flask or the `service` package: the service, and `kb build` (which renders the
-service's pages), are built on top of it.
+`kb` never imports Flask or the `service` package. The service adds `kb build` through the
+`kb.commands` entry-point group, so `kb check` loads no web framework.
 """

@@ -24,7 +24,7 @@ does not count for it. Candidates are tried in a fixed order and a kill within a
 credited to the check's earliest candidate, so results do not depend on timing.
 
 Results are cached in the evidence database (table `audit`) under the answer's code hash
-(`kb.evidence.cache_key`) and `AUDIT_VERSION`: an unchanged answer is never audited again.
+(`kb.store.evidence.cache_key`) and `AUDIT_VERSION`: an unchanged answer is never audited again.
 Lines are stored per snippet and mapped to the current file when read, like evidence.
 """
 from __future__ import annotations
@@ -42,13 +42,15 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
-from . import evidence as ev
-from .answer import Answer
-from .checker import evidence_for
-from .database import Database
+from kb.format.answer import Answer
+from kb.run.checker import evidence_for
+from kb.run.limits import Limits
+from kb.run.runner import Runner
+from kb.store import evidence as ev
+from kb.store.cache import Store
+from kb.store.database import Database
+
 from .mutants import Analysis, Mutant, Site, analyse, mutate, valid
-from .runner import Limits, Runner
-from .store import Store
 
 AUDIT_VERSION = "4"  # bump when mutants, their order or the scheduling change: cached audits are redone
 BUDGET = 12  # candidate mutants that must reach a check, and leave it passing, to call it a survivor
@@ -217,7 +219,7 @@ def audit_answer(answer: Answer, baseline: ev.Evidence, runner: Runner, pool: Th
                                                    counter)))
         results: dict[int, dict[int, bool]] = {}
         for chunk, future in futures:
-            for (mutant_id, _), evidence in zip(chunk, future.result()):
+            for (mutant_id, _), evidence in zip(chunk, future.result(), strict=True):
                 results[mutant_id] = outcomes(evidence, by_snippet)
         ran.update(results)
         runs += len(results)
@@ -393,7 +395,7 @@ def add_command(commands: Any, default_db: str, default_answers: str, positive: 
 
 
 def cmd_audit(args: argparse.Namespace, default_answers: str) -> int:
-    from .answer import load_answers
+    from kb.format.answer import load_answers
 
     answers, errors = load_answers(args.paths or [default_answers])
     for error in errors:

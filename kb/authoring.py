@@ -8,9 +8,9 @@ from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import evidence as ev
-from .answer import SLUG_RE, Answer, FormatError
-from .topics import BY_KEY as TOPICS
+from kb.format.answer import SLUG_RE, Answer, FormatError
+from kb.format.topics import BY_KEY as TOPICS
+from kb.store import evidence as ev
 
 PLACEHOLDERS = {  # what `kb new` writes and `kb lint` flags until the author replaces it
     "summary": "Answer the question in one or two sentences; the page and search results show this first.",
@@ -205,7 +205,7 @@ def _always_true(node: ast.expr) -> bool:
     if isinstance(node, ast.Compare):
         operands = [node.left, *node.comparators]
         return all(isinstance(op, SELF_TRUE_OPS) and ast.dump(a) == ast.dump(b)
-                   for op, a, b in zip(node.ops, operands, operands[1:]))
+                   for op, a, b in zip(node.ops, operands, operands[1:], strict=False))  # operands has one more
     if isinstance(node, ast.Call) and len(node.args) >= 2:
         name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
         return name in SELF_TRUE_CALLS and ast.dump(node.args[0]) == ast.dump(node.args[1])

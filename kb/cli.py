@@ -1,7 +1,10 @@
-"""`kb …` (or `python -m kb …`): check, write and lint answers from a terminal or CI.
+"""`kb …` (or `python -m kb …`, the same): check, write and lint answers from a terminal or CI.
 
-The core library never imports the service: `kb build` (the static export renders the
-service's pages) is added by `service.cli`, which the installed `kb` command runs.
+Other packages add commands through the `kb.commands` entry-point group, as Flask's `flask.commands`
+does: each entry point names a command and points at `extend(commands) -> {name: run}`, which adds
+its parser (see `Commands`). The service registers `build` this way (pyproject.toml), so the core
+library never imports the service. A command's entry point is loaded only when that command runs,
+or for help and usage errors: `kb check` imports no web framework.
 """
 from __future__ import annotations
 
@@ -10,15 +13,18 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol, TypeVar
 
-from . import evidence as ev
-from .answer import load_answers
+from kb.format.answer import load_answers
+from kb.run.checker import check_all, problems
+from kb.run.limits import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits
+from kb.run.runner import Runner
+from kb.store import evidence as ev
+from kb.store.cache import Store
+
 from .authoring import CHECK_COMMAND, lint, new_answer
-from .checker import check_all, problems
-from .runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits, Runner
-from .store import Store
 
 DEFAULT_DB = os.environ.get("KB_DB", ".kb/kb.sqlite3")
 DEFAULT_ANSWERS = os.environ.get("KB_ANSWERS", "answers")
@@ -46,9 +52,9 @@ def positive(kind: type[Number]) -> Callable[[str], Number]:
     return parse
 
 
-def main(argv: Sequence[str] | None = None,
-         extensions: Iterable[Callable[[Commands], Mapping[str, Command]]] = ()) -> int:
-    """Parse and run a command. Each extension adds sub-commands: `extend(commands) -> {name: run}`."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse and run a command (the `kb` entry point; `python -m kb` calls it too)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="kb", description="Executable answers about neural-network fundamentals.")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="run answers' snippets and report their evidence")
@@ -78,14 +84,22 @@ def main(argv: Sequence[str] | None = None,
     from . import audit
     audit.add_command(commands, DEFAULT_DB, DEFAULT_ANSWERS, positive)
     run["audit"] = lambda args: audit.cmd_audit(args, DEFAULT_ANSWERS)
-    for extend in extensions:
-        run.update(extend(commands))
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    if chosen not in run:  # another package's command, or help or a usage error: list them all
+        for entry in plugin_commands().values():
+            extend: Callable[[Commands], Mapping[str, Command]] = entry.load()
+            run.update(extend(commands))
     args = parser.parse_args(argv)
     return run[args.command](args)
 
 
+def plugin_commands() -> dict[str, EntryPoint]:
+    """The commands other installed packages add (entry-point group `kb.commands`), by name."""
+    return {entry.name: entry for entry in entry_points(group="kb.commands")}
+
+
 def cmd_gaps(args: argparse.Namespace) -> int:
-    from .gaps import Gaps
+    from kb.store.gaps import Gaps
 
     entries = Gaps(args.db).list(args.limit)
     if args.json:

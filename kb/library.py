@@ -16,22 +16,23 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from . import evidence as ev
-from .answer import Answer, FormatError, load_answers, parse_answer
-from .checker import check_all, evidence_for
-from .index import SearchIndex
-from .lookup import Lookup
-from .semantic import shared_embedder
-from .render import Rendered, render_answer
-from .runner import Limits, Runner
-from .store import Store
+from kb.format.answer import Answer, FormatError, load_answers, parse_answer
+from kb.render.markdown import Rendered, render_answer
+from kb.run.checker import check_all, evidence_for
+from kb.run.limits import Limits, cut_short
+from kb.run.runner import Runner
+from kb.search.embeddings import shared_embedder
+from kb.search.index import SearchIndex
+from kb.search.lookup import Lookup
+from kb.store import evidence as ev
+from kb.store.cache import Store
 
 log = logging.getLogger(__name__)
 Files = tuple[tuple[str, int, int], ...]  # (name, mtime in ns, size) of each answer file
@@ -184,7 +185,7 @@ class Library:
         return self.store.figure(answer.slug, name)
 
     def search(self, query: str, limit: int = 5) -> dict[str, Any]:
-        """{"confident", "results"}: the answers best first, each with its best section (kb.lookup)."""
+        """{"confident", "results"}: the answers best first, each with its best section (kb.search.lookup)."""
         return self.lookup.search(query, limit)
 
     def run(self, answer: Answer) -> ev.Evidence:
@@ -212,7 +213,7 @@ class Library:
         """
         with self.store.database.exclusive():
             missing = [a for a in self.answers.values()
-                       if (cached := self.store.get(a)) is None or ev.cut_short(cached, self.limits)]
+                       if (cached := self.store.get(a)) is None or cut_short(cached, self.limits)]
             if progress and missing:
                 log.info("running %d answer(s) without evidence; their pages say 'evidence pending' until it arrives",
                          len(missing))

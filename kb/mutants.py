@@ -48,7 +48,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .answer import Answer, Snippet
+from kb.format.answer import Answer, Snippet
 
 # The NumPy confusions the `function` operator makes (both ways where listed both ways).
 SWAPS = {
@@ -502,7 +502,7 @@ def _unit_mutants(unit: _Unit, mutants: list[Mutant], modules: set[str], bound: 
             if queue:
                 order.append(queue.pop(0))
     seen = set()
-    for _, line, kind, start, end, replacement, description in order:
+    for _, _line, kind, start, end, replacement, description in order:
         if (start, end, replacement) in seen:
             continue
         seen.add((start, end, replacement))

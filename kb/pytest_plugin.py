@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from . import evidence as ev
-
-from .answer import Answer, FormatError, Snippet, load_answers
-from .checker import evidence_for
-from .runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits, Runner
-from .store import Store
+from kb.format.answer import Answer, FormatError, Snippet, load_answers
+from kb.run.checker import evidence_for
+from kb.run.limits import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits
+from kb.run.runner import Runner
+from kb.store import evidence as ev
+from kb.store.cache import Store
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

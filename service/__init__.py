@@ -8,7 +8,7 @@ start-up: `background`, the default, runs them while the service already answers
 them before `create_app` returns; `off` leaves them pending),
 KB_RUNS (re-runs on or off), KB_RUN_COOLDOWN (seconds a finished run is returned instead of
 re-running), KB_SECRET_KEY (signs the run form's token; see `guard.py`),
-KB_MODEL_FILE (the embedding model file; it must match the pinned SHA-256, see kb.semantic).
+KB_MODEL_FILE (the embedding model file; it must match the pinned SHA-256, see kb.search.embeddings).
 """
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ import threading
 from flask import Flask, g, request
 from flask.json.provider import DefaultJSONProvider
 
-from kb.gaps import Gaps
 from kb.library import Library
-from kb.runner import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits, clean_up_on_sigterm
+from kb.run.limits import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits
+from kb.run.runner import clean_up_on_sigterm
+from kb.store.gaps import Gaps
 
 from . import guard
 from .api import api
@@ -41,7 +42,7 @@ DEFAULTS = {
     "KB_RUNS": True,
     "KB_RUN_COOLDOWN": 10.0,
     "KB_SECRET_KEY": "",
-    "KB_MODEL_FILE": "",  # the embedding model; default: the pinned package's file (kb.semantic)
+    "KB_MODEL_FILE": "",  # the embedding model; default: the pinned package's file (kb.search.embeddings)
 }
 
 CONDITIONAL = {"HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE"}  # what can turn a 200 into a 304

@@ -6,7 +6,7 @@ import re
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request, url_for
 
-from kb.render import Html, highlight_python
+from kb.render.markdown import Html, highlight_python
 
 from .guard import allow_run, run_or_reuse
 from .knowledge import answer_or_404, answer_response, library, listing, public_evidence, snapshot

@@ -1,14 +1,14 @@
-"""The `kb` command: the core library's commands plus `build`, which renders the service's pages.
+"""`kb build`: the service's command, added to `kb` through the `kb.commands` entry-point group.
 
-`kb build` lives here, not in `kb.cli`, so that the core library never imports Flask or the
-service (tests/test_layers.py checks the rule).
+It lives here, not in `kb.cli`, so that the core library never imports Flask or the service
+(import-linter checks the rule); `kb.cli` loads this module only when `build` runs.
 """
 from __future__ import annotations
 
 import sys
 
 from kb import cli
-from kb.semantic import ModelFileError
+from kb.search.embeddings import ModelFileError
 
 from .export import ExportError, build
 
@@ -32,6 +32,3 @@ def cmd_build(args) -> int:
     print(f"wrote {pages} pages to {args.outdir}")
     return 2 if errors else 0
 
-
-def main(argv=None) -> int:
-    return cli.main(argv, extensions=[add_build])

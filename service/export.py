@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from kb.topics import TOPICS
+from kb.format.topics import TOPICS
 
 from . import CSP, create_app
 
@@ -87,7 +87,7 @@ def build(answers_dir, db_path, outdir) -> tuple[int, list]:
             index = [{"slug": a.slug, "title": a.title, "summary": a.summary, "url": f"answers/{a.slug}.html",
                       "aliases": a.aliases, "tags": a.tags} for a in answers]
             (site / "search-index.json").write_text(json.dumps(index, ensure_ascii=False, indent=1), encoding="utf-8")
-            # The lexical tables come from kb/index.py, so the browser ranks as the server's lexical stage.
+            # The lexical tables come from kb/search/index.py, so the browser ranks as the server's lexical stage.
             tables = json.dumps(library.index.static_tables(), ensure_ascii=False, separators=(",", ":"))
             (site / "search-index.js").write_text(f"window.KB_SEARCH_INDEX = {json.dumps(index, ensure_ascii=False)};\n"
                                                   f"window.KB_LEXICAL = {tables};\n", encoding="utf-8")

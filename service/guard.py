@@ -15,14 +15,14 @@ import hmac
 import os
 import threading
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from flask import abort, current_app, request
 
-from kb import evidence as ev
-from kb.answer import Answer
+from kb.format.answer import Answer
+from kb.store import evidence as ev
 
 from .knowledge import library, run_slot
 
@@ -135,5 +135,5 @@ def _age(evidence: ev.Evidence) -> float:
     """Seconds since the evidence ran (infinite for evidence that never ran)."""
     if not evidence["ran_at"]:
         return float("inf")
-    ran = datetime.strptime(evidence["ran_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    return (datetime.now(timezone.utc) - ran).total_seconds()
+    ran = datetime.strptime(evidence["ran_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return (datetime.now(UTC) - ran).total_seconds()

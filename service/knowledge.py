@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from flask import Response, abort, current_app, g, url_for
 from werkzeug.exceptions import TooManyRequests
 
-from kb import evidence as ev
-from kb.answer import SLUG_RE
 from kb.audit import AuditStore, annotate
+from kb.format.answer import SLUG_RE
 from kb.library import Library, Snapshot
+from kb.store import evidence as ev
 
 RETRY_AFTER_S = 5
 

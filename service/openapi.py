@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 description of the JSON API; tests hold the real responses to it."""
 from __future__ import annotations
 
-from kb.topics import TOPICS
+from kb.format.topics import TOPICS
 
 STRING_LIST = {"type": "array", "items": {"type": "string"}}
 NULLABLE_NUMBER = {"type": ["number", "null"]}

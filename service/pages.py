@@ -7,9 +7,9 @@ import re
 from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
 from markupsafe import Markup, escape
 
-from kb import evidence as ev
-from kb.render import figure_size, highlight_python, pygments_css, render_inline
-from kb.topics import BY_KEY, TOPICS
+from kb.format.topics import BY_KEY, TOPICS
+from kb.render.markdown import figure_size, highlight_python, pygments_css, render_inline
+from kb.store import evidence as ev
 
 from .api import lookup
 from .guard import allow_run, run_or_reuse

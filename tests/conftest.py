@@ -9,17 +9,17 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from helpers import ROOT
-from kb.answer import load_answers
-from kb.checker import check_all
-from kb.index import SearchIndex
-from kb.lookup import Lookup
-from kb.runner import Runner
-from kb.semantic import shared_embedder
-from kb.store import Store
-from service import create_app
 from service_fixtures import write_small_answers
+
+from kb.format.answer import load_answers
+from kb.run.checker import check_all
+from kb.run.runner import Runner
+from kb.search.embeddings import shared_embedder
+from kb.search.index import SearchIndex
+from kb.search.lookup import Lookup
+from kb.store.cache import Store
+from service import create_app
 
 
 @pytest.fixture(autouse=True)

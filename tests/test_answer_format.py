@@ -1,8 +1,8 @@
 """The answer file format: what parses, and the `file:line` error for what does not."""
 import pytest
-
 from helpers import answer_text, check_json, run_cli
-from kb.answer import FormatError, load_answers, parse_answer
+
+from kb.format.answer import FormatError, load_answers, parse_answer
 
 GOOD = """---
 title: Why is the sky blue?

@@ -3,11 +3,11 @@ import json
 import threading
 
 import pytest
+from helpers import answer_text
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from helpers import answer_text
-from kb import evidence as ev
+from kb.store import evidence as ev
 from service import create_app
 from service.openapi import spec
 

@@ -18,10 +18,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from service_fixtures import write_small_answers
 
 from service import create_app
 from service.openapi import spec
-from service_fixtures import write_small_answers
 
 schema = schemathesis.openapi.from_dict(spec())
 OPERATIONS = {op.ok().label: op.ok() for op in schema.get_all_operations()}

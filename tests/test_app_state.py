@@ -7,8 +7,9 @@
 """
 from __future__ import annotations
 
-import kb.library
 from helpers import answer_text
+
+import kb.library
 from service import create_app
 
 

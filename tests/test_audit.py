@@ -10,9 +10,9 @@ import re
 import shutil
 
 import pytest
-
 from helpers import ROOT, answer_text, run_cli
-from kb.answer import load_answers, parse_answer
+
+from kb.format.answer import load_answers, parse_answer
 from kb.mutants import analyse, mutate
 
 AVERAGE = """
@@ -168,7 +168,7 @@ def test_a_mutant_keeps_every_check_line_of_the_original():
     analysis = analyse(answer)
     for mutant in analysis.mutants[:20]:
         changed = mutate(answer, mutant)
-        for before, after in zip(answer.snippets, changed.snippets):
+        for before, after in zip(answer.snippets, changed.snippets, strict=True):
             assert before.line == after.line
             assert [n.lineno for n in ast.walk(ast.parse(before.code)) if isinstance(n, ast.Call)
                     and getattr(n.func, "id", None) == "check"] == \
@@ -197,7 +197,7 @@ def test_the_audit_is_honest_outside_breakages_make_killed_checks_fail(tmp_path,
     """For each killed check: replay the kill from outside (edit the .md text as a person would,
     parse and run it as `kb check` does) and it fails; and shift the value computed where the
     kill was (x → x + 0.1, none of the audit's operators): most killed checks fail under that too."""
-    from kb.runner import Runner
+    from kb.run.runner import Runner
 
     folder = tmp_path / "answers"
     shutil.copytree(ROOT / "answers", folder)  # its `related` answers must be there

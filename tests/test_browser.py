@@ -13,9 +13,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 from werkzeug.serving import make_server
 
-from helpers import ROOT
 from service import create_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

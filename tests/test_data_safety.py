@@ -23,10 +23,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from kb.library import Library
+from helpers import alive, answer_text, descendants, run_cli, settle
 from service_fixtures import write_small_answers
 
-from helpers import alive, answer_text, descendants, run_cli, settle
+from kb.library import Library
 
 SLOW = "slow-answer"
 # It starts a process of its own, which must not outlive the service either.
@@ -137,7 +137,7 @@ def test_kill_9_mid_run_leaves_the_store_and_the_answers_intact(tmp_path, scratc
         def running_slow_answer():  # the child and the process it starts are both up
             tree = service.processes()
             child = [pid for pid in tree if _cwd(pid).startswith(str(scratch / f"kb-{SLOW}-"))
-                     and "kb.forkserver" in tree[pid]]
+                     and "kb.run.server" in tree[pid]]
             return (tree, child) if child and "sleep 300" in tree.values() else None
         tree, slow_child = settle(running_slow_answer, within=15) or (service.processes(), [])
         service.kill()
@@ -146,7 +146,7 @@ def test_kill_9_mid_run_leaves_the_store_and_the_answers_intact(tmp_path, scratc
         slow_run.join(15)
 
         assert slow_result == [None], "the kill landed while the slow answer was running"
-        assert len(slow_child) == 1 and "kb.forkserver" in tree[slow_child[0]], tree
+        assert len(slow_child) == 1 and "kb.run.server" in tree[slow_child[0]], tree
         assert "sleep 300" in tree.values(), "the slow answer's own process is up"
         # The fork server has a session of its own, so the kill does not reach it: it sees its
         # stdin close and kills the process group of every child (the running answer with the
@@ -178,7 +178,7 @@ def test_kill_9_mid_run_leaves_the_store_and_the_answers_intact(tmp_path, scratc
         assert settle(lambda: _swallow(request, f"{restarted.url}/api/answers/averaging/run", "POST", timeout=10),
                       within=60)[0] == 200
         tree = restarted.processes()
-        [socket] = {cmd.split()[-1] for cmd in tree.values() if "kb.forkserver" in cmd}
+        [socket] = {cmd.split()[-1] for cmd in tree.values() if "kb.run.server" in cmd}
     finally:
         restarted.stop()
     # A clean stop: the worker exits, its fork server sees stdin close and exits, killing its spare.

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import ROOT, SlowClients, descendants, run_cli, settle
-from service import create_app
 from service_fixtures import write_small_answers
+
+from service import create_app
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -53,7 +53,7 @@ def test_a_service_on_a_database_kb_check_built_starts_without_running_anything(
     finally:
         app.extensions["kb"].close()
     assert served == ci, "the evidence served is CI's"
-    assert not any("kb.forkserver" in cmd for cmd in started.values()), started
+    assert not any("kb.run.server" in cmd for cmd in started.values()), started
 
 
 def free_port() -> int:
@@ -127,7 +127,7 @@ def deployed(tmp_path_factory):
 def test_a_service_on_a_prebuilt_database_runs_nothing_at_start(deployed):
     processes = [cmd for _, cmd in descendants(deployed.process.pid).values()]
     assert sum("gunicorn" in cmd for cmd in processes) == 3 and any("nginx: worker" in cmd for cmd in processes), processes
-    assert not any("kb.forkserver" in cmd for cmd in processes), "no fork server: nothing ran"
+    assert not any("kb.run.server" in cmd for cmd in processes), "no fork server: nothing ran"
     for slug, built in deployed.ci_evidence.items():
         status, _, body = deployed.request("GET", f"/api/answers/{slug}/evidence")
         served = json.loads(body)

@@ -2,7 +2,8 @@
 import re
 
 from helpers import answer_text, run_cli
-from kb.topics import TOPICS
+
+from kb.format.topics import TOPICS
 
 
 def test_export_writes_topic_pages_linked_from_the_grouped_index(tmp_path):

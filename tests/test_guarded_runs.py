@@ -6,10 +6,10 @@ names the client's Host, and the static export's pages carry their CSP in a <met
 import re
 
 import pytest
-
 from helpers import answer_text, run_cli
-from service import create_app
 from service_fixtures import write_small_answers
+
+from service import create_app
 
 CLOCK = 'import time\nprint(time.time_ns())\ncheck("ran", True)'  # each run prints something new
 

@@ -16,11 +16,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, answer_text, descendants, settle
 from markupsafe import escape
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from helpers import ROOT, answer_text, descendants, settle
-from kb.forkserver import SPARES
+from kb.run.server import SPARES
 from service import create_app
 
 TIMEOUT = 2  # KB_TIMEOUT, seconds
@@ -140,7 +140,7 @@ def test_hostile_snippets_through_the_service(hostile_server):
     status, _, body = request(f"{base}/api/answers/{NORMAL}/run", "POST")
     assert status == 200 and json.loads(body)["status"] == "passed"
     server_processes = {pid: cmd for pid, (_, cmd) in descendants(os.getpid()).items() if pid not in before}
-    assert any("kb.forkserver" in cmd for cmd in server_processes.values()), server_processes
+    assert any("kb.run.server" in cmd for cmd in server_processes.values()), server_processes
 
     reader = Reader(base)
     reader.start()
@@ -198,7 +198,7 @@ def test_hostile_snippets_through_the_service(hostile_server):
 
     # Nothing a snippet started outlives its run; the only processes left are the fork server and its spares.
     assert settle(lambda: not marked_sleepers()), f"stray sleepers: {marked_sleepers()}"
-    server_pid = next(pid for pid, cmd in server_processes.items() if "kb.forkserver" in cmd)
+    server_pid = next(pid for pid, cmd in server_processes.items() if "kb.run.server" in cmd)
 
     def ours():
         return {pid: cmd for pid, (_, cmd) in descendants(os.getpid()).items() if pid not in before}

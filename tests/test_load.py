@@ -20,11 +20,11 @@ import threading
 import time
 from pathlib import Path
 
+from helpers import alive, descendants, settle
 from service_fixtures import write_small_answers
 
-from helpers import alive, descendants, settle
-from kb.forkserver import SPARES
 from kb.library import Library
+from kb.run.server import SPARES
 
 SOAK_SECONDS = float(os.environ.get("KB_SOAK_SECONDS", "5"))
 UNLOADED_SECONDS = min(max(SOAK_SECONDS / 2, 2.0), 10.0)
@@ -166,7 +166,7 @@ def test_reads_stay_up_while_runs_are_flooded(tmp_path, scratch):
         def only_spares():
             tree = descendants(server.pid)
             workers = [pid for pid, (parent, _) in tree.items() if parent == server.pid]
-            forkservers = [pid for pid, (parent, cmd) in tree.items() if parent in workers and "kb.forkserver" in cmd]
+            forkservers = [pid for pid, (parent, cmd) in tree.items() if parent in workers and "kb.run.server" in cmd]
             spares = [pid for pid, (parent, _) in tree.items() if parent in forkservers]
             expected = (len(workers) == len(forkservers) == 2
                         and sorted(tree[p][0] for p in spares) == sorted(forkservers * SPARES))

@@ -1,4 +1,4 @@
-"""Search (`kb.index.SearchIndex`): does a learner's question find the right answer?
+"""Search (`kb.search.index.SearchIndex`): does a learner's question find the right answer?
 
 The look-up rate is measured on the real `answers/` with the phrasings of `lookup_cases.py`;
 the other tests use synthetic answers, so they hold whatever the knowledge base contains.
@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from kb.answer import Answer, load_answers
-from kb.index import PAD_ROWS_PER_ANSWER, WORD_RE, SearchIndex
-from kb.store import Store
 from lookup_cases import CASES
+
+from kb.format.answer import Answer, load_answers
+from kb.search.index import PAD_ROWS_PER_ANSWER, WORD_RE, SearchIndex
+from kb.store.cache import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,7 @@ CORE_SLUGS = ("gradient-averaging", "relu-vs-sigmoid", "tanh-vs-sigmoid")
 
 
 def answer(slug, title, summary="A short summary.", body="", aliases=(), tags=()) -> Answer:
-    """A synthetic answer, as `kb.answer.parse_answer` would return it."""
+    """A synthetic answer, as `kb.format.answer.parse_answer` would return it."""
     return Answer(slug=slug, path=f"answers/{slug}.md", title=title, summary=summary, body=body,
                   body_line=1, snippets=[], aliases=list(aliases), tags=list(tags))
 
@@ -315,8 +315,8 @@ def test_threads_rebuilding_at_once_leave_one_row_per_answer(tmp_path, shared):
 CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from kb.answer import Answer
-from kb.index import SearchIndex
+from kb.format.answer import Answer
+from kb.search.index import SearchIndex
 
 db_path, start, rounds = sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 
@@ -340,7 +340,7 @@ print(json.dumps({"rebuilt": rebuilt, "seen": seen}))
 
 
 def run_children(db_path, processes, rounds):
-    start = time.time() + 1.5            # after every child has started and imported kb.index
+    start = time.time() + 1.5            # after every child has started and imported kb.search.index
     command = [sys.executable, "-c", CHILD, str(ROOT), str(db_path), str(start), str(rounds)]
     children = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for _ in range(processes)]

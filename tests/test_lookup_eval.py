@@ -10,11 +10,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 import lookup_eval
-from kb.answer import load_answers
+import pytest
 from lookup_eval import EvalSetError, load, split_of
+
+from kb.format.answer import load_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 MIN_REAL_IN_SCOPE = 300  # issue 9: at least 300 real learner phrasings (377 as merged)

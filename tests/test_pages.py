@@ -3,9 +3,10 @@ import re
 from html.parser import HTMLParser
 
 from helpers import answer_text
-from kb.answer import parse_answer
-from service import create_app
 from service_fixtures import write_small_answers
+
+from kb.format.answer import parse_answer
+from service import create_app
 
 
 def test_index_lists_questions_with_summary_tags_status_and_search(client):

@@ -14,10 +14,10 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from kb.answer import SLUG_RE, FormatError, display_path, parse_answer
-from kb.blocks import FENCE_RE
-from kb.index import clean_body
-from kb.render import render_answer
+from kb.format.answer import SLUG_RE, FormatError, display_path, parse_answer
+from kb.format.blocks import FENCE_RE
+from kb.render.markdown import render_answer
+from kb.search.index import clean_body
 
 PROPERTY = settings(max_examples=200, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

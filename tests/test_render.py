@@ -1,4 +1,4 @@
-"""kb.render: snippet slots, highlighted fences, server-side MathML, and HTML that cannot inject."""
+"""kb.render.markdown: snippet slots, highlighted fences, server-side MathML, and HTML that cannot inject."""
 from __future__ import annotations
 
 import re
@@ -8,11 +8,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-
 from helpers import answer_text
-from kb.answer import parse_answer
-from kb.render import (Rendered, highlight_python, pygments_css, render_answer, render_inline,
-                       render_markdown)
+
+from kb.format.answer import parse_answer
+from kb.render.markdown import Rendered, highlight_python, pygments_css, render_answer, render_inline, render_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = re.compile(r"kb[0-9a-f]{12}[ms]\d+e")  # the placeholders render uses internally
@@ -303,7 +302,7 @@ def test_every_formula_in_the_answers_converts(path):
 
 def math_body(latex: str, display: str = "inline") -> str:
     """The MathML inside <math>…</math> (and the display wrapper) for one formula."""
-    from kb.render import _mathml
+    from kb.render.markdown import _mathml
 
     html = _mathml(latex, display)
     return re.sub(r'^(<span class="math-display">)?<math [^>]*>|</math>(</span>)?$', "", html)
@@ -336,7 +335,7 @@ def test_golden_inline_mathml(latex, mathml):
 
 
 def test_display_sum_has_its_limits_above_and_below_and_scrolls_in_its_own_box():
-    from kb.render import _mathml
+    from kb.render.markdown import _mathml
 
     html = _mathml("J = \\frac{1}{m}\\sum_{i=1}^{m} L(a^{(i)}, y^{(i)})", "block")
     assert html.startswith('<span class="math-display"><math xmlns="http://www.w3.org/1998/Math/MathML" display="block">')
@@ -357,7 +356,7 @@ def test_no_prime_is_left_as_a_superscript_identifier_in_the_answers():
 
 
 def test_figure_size_from_the_svg():
-    from kb.render import figure_size
+    from kb.render.markdown import figure_size
 
     assert figure_size('<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="460.8pt" '
                        'height="345.6pt" viewBox="0 0 460.8 345.6">') == (614, 461)

@@ -4,8 +4,10 @@ import subprocess
 import threading
 
 from helpers import answer_text, check_json, run_cli
-from kb.answer import load_answers
-from kb.runner import Limits, Runner
+
+from kb.format.answer import load_answers
+from kb.run.limits import Limits
+from kb.run.runner import Runner
 
 HOSTILE = {
     "endless-loop": ("while True:\n    pass", "timeout", "longer than its 2 s limit"),

@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import answer_text, check_json, settle
-from kb.answer import load_answers
-from kb.forkserver import FILE_SIZE, OPEN_FILES, PROCESSES
-from kb.runner import Limits, Runner
+
+from kb.format.answer import load_answers
+from kb.run.limits import FILE_SIZE, OPEN_FILES, PROCESSES, Limits
+from kb.run.runner import Runner
 
 DAEMONS = '''import os, subprocess
 # A daemon in a session of its own, started the ordinary way...

@@ -1,4 +1,4 @@
-"""Hybrid lookup (`kb.lookup`, `kb.semantic`, `kb.gaps`): quality on dev, confidence, sections,
+"""Hybrid lookup (`kb.search.lookup`, `kb.search.embeddings`, `kb.store.gaps`): quality on dev, confidence, sections,
 the embedding cache, `kb gaps` and the pinned model files. Speed is measured in `make bench`."""
 from __future__ import annotations
 
@@ -14,12 +14,19 @@ import numpy as np
 import pytest
 from helpers import KB, ROOT
 
-from kb.answer import Answer, load_answers
-from kb.gaps import Gaps
-from kb.index import SearchIndex
-from kb.lookup import WEIGHTS, Lookup, sections
-from kb.render import render_answer
-from kb.semantic import MODEL_SHA256, TOKENIZER_SHA256, Embedder, EmbeddingCache, ModelFileError, shared_embedder
+from kb.format.answer import Answer, load_answers
+from kb.render.markdown import render_answer
+from kb.search.embeddings import (
+    MODEL_SHA256,
+    TOKENIZER_SHA256,
+    Embedder,
+    EmbeddingCache,
+    ModelFileError,
+    shared_embedder,
+)
+from kb.search.index import SearchIndex
+from kb.search.lookup import WEIGHTS, Lookup, sections
+from kb.store.gaps import Gaps
 from service import create_app
 
 sys.path.insert(0, str(ROOT / "bench"))

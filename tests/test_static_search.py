@@ -9,10 +9,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from helpers import ROOT, run_cli
-from kb.index import TOKENIZE, WORD_RE, SearchIndex
 from lookup_cases import CASES
+
+from kb.search.index import TOKENIZE, WORD_RE, SearchIndex
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
@@ -46,7 +46,7 @@ def exported(tmp_path_factory, real_evidence):
 def test_the_browser_ranks_as_the_lexical_stage(exported):
     page, index = exported
     ranked = page.evaluate("qs => qs.map(q => window.KB_RANK(q, window.KB_LEXICAL).slice(0, 30))", QUERIES)
-    for query, browser in zip(QUERIES, ranked):
+    for query, browser in zip(QUERIES, ranked, strict=True):
         server = index.candidates(query, 30)
         assert [slug for _, slug in browser] == [slug for slug, _ in server], query
         assert [round(score, 6) for score, _ in browser] == [round(score, 6) for _, score in server], query
@@ -64,5 +64,5 @@ def test_the_browser_stems_as_fts5(exported):
     db.executemany("INSERT INTO t (rowid, w) VALUES (?, ?)", enumerate(words))
     fts5 = dict((row, term) for term, row in db.execute("SELECT term, doc FROM v WHERE offset = 0"))
     browser = page.evaluate("ws => ws.map(w => window.KB_STEM(w))", words)
-    wrong = [(w, fts5[i], b) for i, (w, b) in enumerate(zip(words, browser)) if fts5.get(i) != b and i in fts5]
+    wrong = [(w, fts5[i], b) for i, (w, b) in enumerate(zip(words, browser, strict=True)) if fts5.get(i) != b and i in fts5]
     assert not wrong and len(words) > 1000

@@ -1,6 +1,6 @@
 // Search for the static export (python -m kb build): the live service searches on the server.
 // Loads ../search-index.js, a script (so that it works from file://) that sets
-// window.KB_SEARCH_INDEX (the answers) and window.KB_LEXICAL, tables generated from kb/index.py
+// window.KB_SEARCH_INDEX (the answers) and window.KB_LEXICAL, tables generated from kb/search/index.py
 // (SearchIndex.static_tables): the same query rules, weights and per-answer term counts as the
 // server's lexical stage, which this ranks as FTS5's bm25() does, with the Porter stemmer of
 // FTS5's "porter" tokenizer. The browser has no embedding model: the export searches by words.
@@ -100,7 +100,7 @@
   var root = new URL("../", document.currentScript.src);
   var query = new URLSearchParams(window.location.search).get("q") || "";
 
-  function queryTerms(text, t) {             // kb.index.query_terms
+  function queryTerms(text, t) {             // kb.search.index.query_terms
     var stop = new Set(t.stop_words), synonyms = new Map(t.synonyms.map(function (s) { return [s[0].join(" "), s[1]]; }));
     var words = text.slice(0, t.max_query_chars).toLowerCase().match(WORD) || [], terms = [];
     function add(word) {
@@ -114,13 +114,13 @@
     });
     return terms;
   }
-  function spellings(word, t, ize) {         // kb.index._spellings
+  function spellings(word, t, ize) {         // kb.search.index._spellings
     var out = [word], m = ize.exec(word);
     if (Object.prototype.hasOwnProperty.call(t.spellings, word)) out.push(t.spellings[word]);
     if (m) out.push(m[1] + m[2] + (m[3] === "z" ? "s" : "z") + m[4]);
     return out;
   }
-  function phrases(text, t) {                // kb.index.SearchIndex.candidates' match expression
+  function phrases(text, t) {                // kb.search.index.SearchIndex.candidates' match expression
     var ize = new RegExp(t.ize.replace(/\\w/g, "[\\p{L}\\p{N}_]"), "u"), out = [];
     var terms = queryTerms(queryTerms(text, t).slice(0, t.max_lexical_terms).join(" "), t);
     terms.forEach(function (term) {

@@ -15,14 +15,11 @@ import math
 import platform
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import numpy
 
-from .answer import Answer, Snippet
-
-if TYPE_CHECKING:
-    from .runner import Limits
+from kb.format.answer import Answer, Snippet
 
 
 class Check(TypedDict):
@@ -209,23 +206,6 @@ def check_lines(code: str) -> tuple[int, ...]:
         return tuple(i for i, line in enumerate(code.splitlines(), 1) if "check(" in line)
     return tuple(sorted(node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
                         and isinstance(node.func, ast.Name) and node.func.id == "check"))
-
-
-def cut_short(evidence: Evidence, limits: Limits) -> bool:
-    """True if a limit stopped this evidence and has been raised since: it should run again.
-
-    The cache key leaves the limits out (changing a limit must not re-run every answer), so an
-    answer that timed out, ran out of memory or flooded its output under a lower limit is the
-    one case where evidence for unchanged code is stale.
-    """
-    ran_with = evidence.get("limits")
-    if ran_with is None:
-        return False
-    snippets = evidence["snippets"]
-    return ((evidence["status"] == "timeout" and limits.timeout > ran_with["timeout"])
-            or (limits.memory > ran_with["memory"]
-                and any(s["error"] is not None and s["error"]["type"] == "MemoryError" for s in snippets))
-            or (limits.output > ran_with["output"] and any(s["truncated"] for s in snippets)))
 
 
 def public(evidence: Evidence, figure_url: Callable[[str, str], str], answer: Answer | None = None) -> dict[str, Any]:

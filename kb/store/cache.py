@@ -1,6 +1,6 @@
 """The evidence cache: one embedded SQLite file, derived from `answers/` and safe to delete.
 
-Evidence is stored under the answer's cache key (see `kb.evidence.cache_key`); figures are kept
+Evidence is stored under the answer's cache key (see `kb.store.evidence.cache_key`); figures are kept
 in their own table so that reading evidence never drags SVG bytes along. Connections are opened
 per thread, so the store can be shared by a threaded server.
 """
@@ -11,8 +11,9 @@ import os
 import time
 from collections.abc import Iterable
 
+from kb.format.answer import Answer
+
 from . import evidence as ev
-from .answer import Answer
 from .database import Database
 
 SCHEMA_VERSION = 2  # PRAGMA user_version; an older file's tables are dropped and re-derived

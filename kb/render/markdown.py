@@ -2,7 +2,7 @@
 
 The pipeline, and why each step is there:
 
-1. Top-level fences are found exactly as `kb.answer` finds them, so the i-th ```python fence is
+1. Top-level fences are found exactly as `kb.format.answer` finds them, so the i-th ```python fence is
    `answer.snippets[i]`; it becomes a slot the caller fills with the code and its evidence.
 2. Math (`$…$`, `$$…$$`) and `\\$` are replaced by alphanumeric tokens, so Markdown cannot turn
    `_` or `*` inside a formula into emphasis.
@@ -32,8 +32,8 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
-from .answer import Answer, split_lines
-from .blocks import Prose, blocks
+from kb.format.answer import Answer, split_lines
+from kb.format.blocks import Prose, blocks
 
 log = logging.getLogger(__name__)
 
@@ -385,5 +385,6 @@ class _Doc:
         md = _markdown(self._slugify)
         body = self._finish(_CLEANER.clean(md.convert(self._source(text, snippets))))
         # The toc extension sets these on the Markdown object (they are not declared by its class).
-        toc = self._finish(_CLEANER.clean(getattr(md, "toc"))) if getattr(md, "toc_tokens") else ""
+        attributes = vars(md)
+        toc = self._finish(_CLEANER.clean(attributes["toc"])) if attributes["toc_tokens"] else ""
         return body, toc

@@ -1,6 +1,6 @@
 """Full-text search over the answers: SQLite FTS5, porter stemming, BM25 with column weights.
 
-The index lives in the same SQLite file as the evidence cache (`kb.store.Store`), in its own
+The index lives in the same SQLite file as the evidence cache (`kb.store.cache.Store`), in its own
 tables: `search_fts` (one row per answer, plus empty padding rows, see `PAD_ROWS_PER_ANSWER`),
 `search_docs` (each answer's row and a digest of its indexed fields) and `search_meta` (the
 schema it was built with). Like the rest of that file it is derived from `answers/` and can be
@@ -19,7 +19,7 @@ that matches only some of them still ranks. The score is BM25 over the whole ans
 aliases weighted most) plus BM25 over its questions alone (title and aliases).
 
 This whole-answer ranking is the service's lexical ranker from before the hybrid lookup
-(`kb.lookup`, which uses the short-fields table below as its lexical stage); its settings were
+(`kb.search.lookup`, which uses the short-fields table below as its lexical stage); its settings were
 chosen on the project's own phrasings (`tests/lookup_cases.py`), and prefix queries (`"init"*`)
 are left out: they cost a look-up or two.
 """
@@ -34,9 +34,9 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from .answer import Answer, split_lines
-from .blocks import Prose, blocks
-from .database import Database
+from kb.format.answer import Answer, split_lines
+from kb.format.blocks import Prose, blocks
+from kb.store.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ META_SQL = "CREATE TABLE IF NOT EXISTS search_meta (key TEXT PRIMARY KEY, value 
 INSERT_SQL = (f"INSERT INTO search_fts ({', '.join(COLUMNS)}, slug) "
               f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})")
 # What the stored index was built with: any change and the next `rebuild` starts from scratch.
-# The lexical stage of `kb.lookup` searches the answers' questions (title, aliases) and tags only,
+# The lexical stage of `kb.search.lookup` searches the answers' questions (title, aliases) and tags only,
 # in a table of their own: its posting lists hold a few words per answer instead of a whole body,
 # so at 10,000 answers a query costs a millisecond or two instead of tens. The semantic stage
 # reads the summaries and the bodies (by section).
@@ -374,7 +374,7 @@ class SearchIndex:
             return []
 
     def candidates(self, query: str, limit: int = 30) -> list[tuple[str, float]]:
-        """The lexical stage of `kb.lookup`: [(slug, score)] of the best BM25 matches, best first.
+        """The lexical stage of `kb.search.lookup`: [(slug, score)] of the best BM25 matches, best first.
 
         `search`'s ranking over the questions and tags (`SHORT_COLUMNS`) and the first
         `MAX_LEXICAL_TERMS` words of the query: the semantic stage carries recall.

@@ -5,12 +5,15 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING
 
-from . import evidence as ev
-from .answer import Answer
+from kb.format.answer import Answer
+from kb.store import evidence as ev
+
+from .limits import cut_short
 
 if TYPE_CHECKING:  # the runner and the store are only passed through here
+    from kb.store.cache import Store
+
     from .runner import Runner
-    from .store import Store
 
 
 def evidence_for(answer: Answer, runner: Runner, store: Store | None = None,
@@ -18,7 +21,7 @@ def evidence_for(answer: Answer, runner: Runner, store: Store | None = None,
     """(evidence, came_from_cache). Fresh evidence is written back to the store."""
     if store is not None and use_cache:
         cached = store.get(answer)
-        if cached is not None and not ev.cut_short(cached, runner.limits):
+        if cached is not None and not cut_short(cached, runner.limits):
             return cached, True
     evidence = runner.run(answer)
     if store is not None:

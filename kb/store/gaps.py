@@ -57,7 +57,7 @@ class Gaps:
         rows = self.database.connection().execute(
             "SELECT query, count, first_seen, last_seen FROM gaps ORDER BY count DESC, last_seen DESC, query "
             "LIMIT ?", (-1 if limit is None else limit,))
-        return [{"query": q, "count": c, "first_seen": _iso(f), "last_seen": _iso(l)} for q, c, f, l in rows]
+        return [{"query": q, "count": c, "first_seen": _iso(f), "last_seen": _iso(last)} for q, c, f, last in rows]
 
 
 def _iso(seconds: float) -> str:

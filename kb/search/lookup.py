@@ -1,8 +1,8 @@
 """Lookup: the answers (and the section of each) that best answer a learner's question.
 
-Two stages. The lexical stage (`kb.index.SearchIndex.candidates`, FTS5 BM25 over the answers'
+Two stages. The lexical stage (`kb.search.index.SearchIndex.candidates`, FTS5 BM25 over the answers'
 questions and tags) finds answers that share the question's words; the semantic stage compares the question's embedding
-(`kb.semantic`) with an embedding of every answer's title, each alias, its summary and each
+(`kb.search.embeddings`) with an embedding of every answer's title, each alias, its summary and each
 section of its body, so a question worded without the answer's vocabulary still finds it.
 
 Each answer gets a few features (best similarity to one of its questions, to its summary, to one
@@ -13,7 +13,7 @@ one, over the rank score and the best similarity, gives the score: a calibrated 
 `bench/lookup_fit.py` (never on the test split); see the README's search section.
 
 A result names the section that matched best, so a link goes straight to it
-(`/answers/<slug>#<anchor>`); the anchor is the id `kb.render` gives that heading.
+(`/answers/<slug>#<anchor>`); the anchor is the id `kb.render.markdown` gives that heading.
 """
 from __future__ import annotations
 
@@ -33,10 +33,11 @@ import numpy as np
 import numpy.typing as npt
 from markdown.extensions.toc import slugify, unique
 
-from .answer import Answer, split_lines
-from .blocks import Fence, blocks
+from kb.format.answer import Answer, split_lines
+from kb.format.blocks import Fence, blocks
+
+from .embeddings import Embedder, EmbeddingCache
 from .index import SearchIndex, clean_body
-from .semantic import Embedder, EmbeddingCache
 
 log = logging.getLogger(__name__)
 READY_WAIT = 300.0  # seconds a search waits for the first embedding (a fresh database, on a slow machine)

@@ -1,6 +1,6 @@
 """Run an answer's snippets in an isolated child process and collect their evidence.
 
-`Runner.run(answer)` asks the fork server (`kb.forkserver`) for a fresh child, which runs the
+`Runner.run(answer)` asks the fork server (`kb.run.server`) for a fresh child, which runs the
 snippets in one namespace in a temporary working directory. The runner enforces the limits:
 it kills the child's whole process group at the wall-clock timeout (and after every run, so
 nothing a snippet started outlives it); the child itself caps memory (RLIMIT_AS) and output.
@@ -24,13 +24,15 @@ import tempfile
 import threading
 import time
 import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from types import FrameType
 from typing import Any
 
-from . import evidence as ev
-from .answer import Answer, Snippet
-from .forkserver import recv_frame, send_frame
+from kb.format.answer import Answer, Snippet
+from kb.store import evidence as ev
+
+from .frames import recv_frame, send_frame
+from .limits import Limits
 
 SEED = 0
 # What a snippet may see of the environment: enough to find programs, a home, a locale, a
@@ -38,22 +40,6 @@ SEED = 0
 ENVIRONMENT = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH", "MPLCONFIGDIR")
 RUNNER_PREFIX = "kb-forkserver-"  # not the unlocked "kb-runner-" of earlier versions: never swept
 _live: weakref.WeakSet[Runner] = weakref.WeakSet()  # runners to clean up on SIGTERM
-
-
-@dataclass(frozen=True)
-class Limits:
-    timeout: float = 30.0  # seconds of wall-clock time per answer
-    memory: int = 1 << 30  # bytes a child may allocate beyond the preloaded interpreter
-    output: int = 64 << 10  # bytes (UTF-8) of stdout, and of stderr, kept per snippet
-
-    @classmethod
-    def of(cls, timeout: float, memory_mb: float, output_kib: float) -> Limits:
-        """Limits in the units people set them in (the CLI, pytest and the service's settings)."""
-        return cls(timeout=float(timeout), memory=int(memory_mb * 2**20), output=int(output_kib * 2**10))
-
-
-DEFAULT_MEMORY_MB = Limits.memory >> 20
-DEFAULT_OUTPUT_KIB = Limits.output >> 10
 
 
 class Runner:
@@ -113,10 +99,10 @@ class Runner:
         env = {name: value for name, value in os.environ.items() if name in ENVIRONMENT or name.startswith("LC_")}
         env |= {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
                "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONHASHSEED": str(SEED)}
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         self._server = subprocess.Popen(
-            [sys.executable, "-m", "kb.forkserver", self._socket],
+            [sys.executable, "-m", "kb.run.server", self._socket],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=self._dir,
             start_new_session=True)  # a kill of the caller's group must leave it to clean up
         ready = self._server.stdout
