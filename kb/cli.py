@@ -82,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     gaps.add_argument("--db", default=DEFAULT_DB, help=f"SQLite store of the service (default: {DEFAULT_DB})")
     gaps.add_argument("--limit", type=positive(int), default=None, help="show at most this many")
     run: dict[str, Command] = {"check": cmd_check, "new": cmd_new, "lint": cmd_lint, "gaps": cmd_gaps}
+    # `kb audit` (issue 17): mutation testing of the checks, in kb/audit.py
+    from . import audit
+    audit.add_command(commands, DEFAULT_DB, DEFAULT_ANSWERS, positive)
+    run["audit"] = lambda args: audit.cmd_audit(args, DEFAULT_ANSWERS)
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     if chosen not in run:  # another package's command, or help or a usage error: list them all
         for entry in plugin_commands().values():

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from flask import abort, current_app, g
 
+from kb.audit import AuditStore, annotate
 from kb.format.answer import SLUG_RE
 from kb.library import Library, Snapshot
+from kb.store import evidence as ev
 
 
 def library() -> Library:
@@ -29,3 +31,20 @@ def answer_or_404(slug: str):
     if answer is None:
         abort(404, f"There is no answer named '{slug}'.")
     return answer
+
+
+def audits() -> AuditStore:
+    """This app's `kb audit` results (the `audit` table of its database)."""
+    store = current_app.extensions.get("kb_audits")
+    if store is None:
+        store = current_app.extensions["kb_audits"] = AuditStore(library().store.database.path)
+    return store
+
+
+def audited(evidence: ev.Evidence, answer=None) -> ev.Evidence:
+    """The evidence with what `kb audit` found per check and per answer (unchanged where the
+    answer's current code has not been audited: then the page and the API show nothing)."""
+    answer = answer or snapshot().answers.get(evidence["slug"])
+    if answer is None:
+        return evidence
+    return annotate(evidence, answer, audits().get(answer))

@@ -32,7 +32,27 @@ SCHEMAS = {
     "Check": {
         "type": "object", "required": ["claim", "passed", "value", "line"], "additionalProperties": False,
         "properties": {"claim": {"type": "string"}, "passed": {"type": "boolean"},
-                       "value": {"type": ["string", "null"]}, "line": {"type": ["integer", "null"]}},
+                       "value": {"type": ["string", "null"]}, "line": {"type": ["integer", "null"]},
+                       "identity": {"type": "string", "description": "Given as check(..., identity=\"why\"): a "
+                                    "mathematical identity shown on purpose, which `kb audit` lists instead of mutating"},
+                       "audit": {"$ref": "#/components/schemas/CheckAudit"}},
+    },
+    "CheckAudit": {
+        "type": "object", "required": ["status", "mutation", "line"], "additionalProperties": False,
+        "description": "What `kb audit` found (present once the answer's current code has been audited): "
+                       "killed = a small breakage of the code the check depends on makes it fail",
+        "properties": {"status": {"enum": ["killed", "survived", "identity", "failing", "unreached"]},
+                       "mutation": {"type": ["string", "null"], "examples": ["`1 / m` → `2 / m`"],
+                                    "description": "The breakage that made it fail (killed only)"},
+                       "line": {"type": ["integer", "null"], "description": "The .md line of that breakage"}},
+    },
+    "AuditSummary": {
+        "type": "object", "description": "The answer's `kb audit` in numbers (present once its current code has been audited)",
+        "required": ["checks", "killed", "identity", "survived", "failing", "unreached", "summary"],
+        "additionalProperties": False,
+        "properties": {**{k: {"type": "integer", "minimum": 0}
+                          for k in ("checks", "killed", "identity", "survived", "failing", "unreached")},
+                       "summary": {"type": "string", "examples": ["5 of 6 checks shown able to fail"]}},
     },
     "SnippetError": {
         "type": ["object", "null"], "required": ["type", "message", "line"],
@@ -64,6 +84,7 @@ SCHEMAS = {
                             "properties": {"python": {"type": "string"}, "numpy": {"type": "string"}}},
             "snippets": {"type": "array", "items": {"$ref": "#/components/schemas/Snippet"}},
             "counts": {"$ref": "#/components/schemas/Counts"},
+            "audit": {"$ref": "#/components/schemas/AuditSummary"},
         },
     },
     "Counts": {

@@ -5,14 +5,14 @@ import ast
 import re
 
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from kb.format.topics import BY_KEY, TOPICS
 from kb.notebook import MIMETYPE, build_notebook, notebook_json
 from kb.render.markdown import figure_size, highlight_python, pygments_css, render_inline
 from kb.store import evidence as ev
 
-from .context import answer_or_404, library, snapshot
+from .context import answer_or_404, audited, library, snapshot
 from .guard import allow_run
 from .lookup import lookup
 from .openapi import spec
@@ -26,6 +26,13 @@ pages = Blueprint("pages", __name__)
 @pages.app_template_filter("inline")
 def inline_markdown(text: str):
     return Markup(render_inline(text))
+
+
+@pages.app_template_filter("backticks")
+def backticks(text: str):
+    """`kb audit`'s description of a breakage ("`1/m` → `2/m`") with its code in <code>."""
+    parts = re.split(r"`([^`]*)`", text or "")
+    return Markup("".join(str(escape(p)) if i % 2 == 0 else f"<code>{escape(p)}</code>" for i, p in enumerate(parts)))
 
 
 @pages.before_app_request
@@ -109,6 +116,7 @@ def notebook(slug):
 
 def _answer_page(answer, evidence, announce=None) -> str:
     known = snapshot()
+    evidence = audited(evidence, answer)
     by_index = {s["index"]: s for s in evidence["snippets"]}
     rendered = known.rendered(answer)
     parts = []

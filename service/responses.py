@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 from flask import Response, current_app
 
-from .context import library, snapshot
+from .context import audits, library, snapshot
 
 
 class ResponseCache:
@@ -38,7 +38,7 @@ def answer_response(kind: str, answer, make, mimetype: str) -> Response:
     page costs one small SQL query and no Markdown, JSON or template work.
     """
     lib, responses = library(), current_app.extensions["kb_responses"]
-    key = (kind, answer.slug, snapshot().generation, lib.stamp(answer))
+    key = (kind, answer.slug, snapshot().generation, lib.stamp(answer), audits().stamp(answer))
     body, etag = responses.get_or_make(key, lambda: make(lib.evidence(answer)))
     response = Response(body, mimetype=mimetype)
     response.set_etag(etag)

@@ -13,7 +13,7 @@ from flask import url_for
 from kb.format.answer import SLUG_RE, Answer
 from kb.store import evidence as ev
 
-from .context import snapshot
+from .context import audited, snapshot
 
 STRING_LIST = {"type": "array", "items": {"type": "string"}}
 ANSWER_FIELDS: dict[str, dict[str, Any]] = {
@@ -39,7 +39,7 @@ def figure_url(slug: str, name: str) -> str:
 
 
 def public_evidence(evidence: ev.Evidence) -> dict:
-    return ev.public(evidence, figure_url, snapshot().answers.get(evidence["slug"]))
+    return ev.public(audited(evidence), figure_url, snapshot().answers.get(evidence["slug"]))
 
 
 def listing(answer: Answer, status: str) -> dict:

@@ -26,8 +26,9 @@ import time
 import weakref
 from dataclasses import asdict
 from types import FrameType
+from typing import Any
 
-from kb.format.answer import Answer
+from kb.format.answer import Answer, Snippet
 from kb.store import evidence as ev
 
 from .frames import recv_frame, send_frame
@@ -110,13 +111,20 @@ class Runner:
             raise RuntimeError("the runner's fork server failed to start")
         ready.close()
 
-    def run(self, answer: Answer) -> ev.Evidence:
-        """Run every runnable snippet of `answer`; return its evidence (never raises for bad code)."""
-        if not answer.runnable:  # nothing to isolate: no child process
-            return self._evidence(answer, {}, None, time.monotonic())
+    def run(self, answer: Answer, limits: Limits | None = None,
+            variants: list[tuple[list[Snippet], float]] | None = None) -> ev.Evidence:
+        """Run every runnable snippet of `answer`; return its evidence (never raises for bad code).
+        `limits` overrides the runner's for this run (`kb audit` gives a mutant a short timeout).
+        `variants` (`kb audit`): after the snippets, run each list of further snippets in a fork
+        of the child, with its own timeout; their results are in the evidence's `variants`
+        ({"snippets": {index: result}, "exit": status or None}), in order."""
+        limits = limits or self.limits
+        forks: list[dict[str, Any]] = [{"snippets": {}, "exit": None} for _ in variants or ()]
+        if not answer.runnable and not variants:  # nothing to isolate: no child process
+            return self._evidence(answer, {}, None, time.monotonic(), limits)
         sock = self._connect()  # may start the server: not counted against the answer's time
         started = time.monotonic()
-        deadline = started + self.limits.timeout
+        deadline = started + limits.timeout
         workdir = tempfile.mkdtemp(prefix=f"kb-{answer.slug}-")
         link = os.path.join(self._dir, os.path.basename(workdir))
         os.symlink(workdir, link)  # so that a sweep finds it should this process die mid-run
@@ -125,9 +133,11 @@ class Runner:
         group: int | None = None
         try:
             send_frame(sock, {
-                "path": answer.path, "seed": SEED, "workdir": workdir, "limits": asdict(self.limits),
+                "path": answer.path, "seed": SEED, "workdir": workdir, "limits": asdict(limits),
                 "answers_dir": os.path.dirname(os.path.abspath(answer.path)),
                 "snippets": [{"index": s.index, "line": s.line, "code": s.code} for s in answer.runnable],
+                "variants": [{"timeout": timeout, "snippets": [{"index": s.index, "line": s.line, "code": s.code}
+                                                               for s in snippets]} for snippets, timeout in variants or ()],
             })
             while True:
                 sock.settimeout(max(deadline - time.monotonic(), 0.001))
@@ -135,12 +145,18 @@ class Runner:
                     frame = recv_frame(sock)
                 except TimeoutError:
                     fault = ("timeout", "TimeoutError",
-                             f"the answer ran longer than its {self.limits.timeout:g} s limit and was stopped")
+                             f"the answer ran longer than its {limits.timeout:g} s limit and was stopped")
                     break
                 if frame is None:
                     fault = ("error", "RunnerError", "the runner's fork server stopped unexpectedly")
                     break
-                if "pid" in frame:
+                if "variant" in frame:
+                    fork = forks[frame["variant"]]
+                    if "snippet" in frame:
+                        fork["snippets"][frame["snippet"]["index"]] = frame["snippet"]
+                    else:
+                        fork["exit"] = frame["exit"]
+                elif "pid" in frame:
                     group = frame["pid"]
                 elif "snippet" in frame:
                     results[frame["snippet"]["index"]] = frame["snippet"]
@@ -155,10 +171,13 @@ class Runner:
                 _kill_group(group)
             shutil.rmtree(workdir, ignore_errors=True)
             _unlink(link)
-        return self._evidence(answer, results, fault, started)
+        evidence = self._evidence(answer, results, fault, started, limits)
+        if variants:
+            evidence["variants"] = forks
+        return evidence
 
     def _evidence(self, answer: Answer, results: dict[int, ev.SnippetEvidence], fault: tuple[str, str, str] | None,
-                  started: float) -> ev.Evidence:
+                  started: float, limits: Limits | None = None) -> ev.Evidence:
         snippets: list[ev.SnippetEvidence] = []
         reached = True
         for snippet in answer.snippets:
@@ -174,7 +193,7 @@ class Runner:
                 result = ev.unreached(snippet, "skipped" if snippet.runs else "norun")
             result["attrs"] = sorted(snippet.attrs)
             snippets.append(result)
-        return ev.record(answer, snippets, (time.monotonic() - started) * 1000, asdict(self.limits))
+        return ev.record(answer, snippets, (time.monotonic() - started) * 1000, asdict(limits or self.limits))
 
 
 def _exit_message(status: int) -> str:

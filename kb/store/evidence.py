@@ -27,6 +27,8 @@ class Check(TypedDict):
     passed: bool
     value: str | None  # None: `check` was given no value
     line: int | None  # None: called where no frame of the answer is on the stack (another thread)
+    identity: NotRequired[str]  # check(..., identity="why"): an identity shown on purpose (kb audit)
+    audit: NotRequired[dict[str, Any]]  # added when served: what `kb audit` found (kb.audit.annotate)
 
 
 class Error(TypedDict):
@@ -66,10 +68,12 @@ class Evidence(TypedDict):
     snippets: list[SnippetEvidence]
     key: NotRequired[str]  # internal: the cache key it was stored under
     limits: NotRequired[dict[str, float]]  # internal: the runner's limits it ran with
+    audit: NotRequired[dict[str, Any]]  # added when served: the answer's `kb audit` summary
+    variants: NotRequired[list[dict[str, Any]]]  # internal: `kb audit`'s forks (Runner.run(variants=…))
 
 RUNNER_VERSION = "1"
 STATUS_ORDER = ("timeout", "error", "failed", "passed")
-INTERNAL = {"key", "limits"}  # stored with the evidence, not part of its public shape
+INTERNAL = {"key", "limits", "variants"}  # stored with the evidence, not part of its public shape
 
 
 def environment() -> dict[str, str]:
