@@ -25,7 +25,9 @@ mkdir -p "$prefix/logs" "$prefix/tmp"
 user=""
 if [ "$(id -u)" -eq 0 ]; then user="user root;"; fi
 sed -e "s|@USER@|$user|" -e "s|@LISTEN@|127.0.0.1:$port|" -e "s|@UPSTREAM@|127.0.0.1:$upstream|" \
-    -e "s|@STATIC@|$root/service/static|" deploy/nginx.conf > "$prefix/nginx.conf"
+    -e "s|@STATIC@|$root/service/static|" -e "s|@SERVER_NAMES@|${KB_SERVER_NAMES:-127.0.0.1 localhost}|" \
+    deploy/nginx.conf > "$prefix/nginx.conf"
+cp deploy/kb-error-headers.conf "$prefix/kb-error-headers.conf"
 
 pids=()
 stop() {
@@ -39,7 +41,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 "$nginx" -t -q -p "$prefix/" -e "$prefix/logs/error.log" -c "$prefix/nginx.conf"
+# gunicorn's limits above nginx's (8 KiB lines and fields): nginx refuses first, with its
+# problem+json, so gunicorn's own bare HTML errors are never seen.
 "$python" -m gunicorn -w "${KB_WORKERS:-2}" -k gthread --threads 8 -b "127.0.0.1:$upstream" \
+  --limit-request-line 16384 --limit-request-field_size 16384 \
   --no-control-socket "service:create_app()" &
 pids+=($!)
 "$nginx" -p "$prefix/" -e "$prefix/logs/error.log" -c "$prefix/nginx.conf" -g "daemon off;" &

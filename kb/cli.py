@@ -110,8 +110,10 @@ def cmd_gaps(args: argparse.Namespace) -> int:
         json.dump({"gaps": entries}, sys.stdout, indent=2, ensure_ascii=False)
         print()
         return 0
-    for entry in entries:
-        print(f"{entry['count']:>6}  {entry['last_seen']}  {entry['query']}")
+    from kb.store.evidence import printable
+
+    for entry in entries:  # anyone can put text here (a search): never a terminal escape
+        print(f"{entry['count']:>6}  {entry['last_seen']}  {printable(entry['query'])}")
     print(f"{len(entries)} question(s) without a confident answer", file=sys.stderr)
     return 0
 

@@ -8,7 +8,8 @@ start-up: `background`, the default, runs them while the service already answers
 them before `create_app` returns; `off` leaves them pending),
 KB_RUNS (re-runs on or off), KB_RUN_COOLDOWN (seconds a finished run is returned instead of
 re-running), KB_SECRET_KEY (signs the run form's token; see `guard.py`),
-KB_MODEL_FILE (the embedding model file; it must match the pinned SHA-256, see kb.search.embeddings).
+KB_MODEL_FILE (the embedding model file; it must match the pinned SHA-256, see kb.search.embeddings),
+KB_TRUSTED_HOSTS (the host names the service answers to, Flask's TRUSTED_HOSTS; `*`: any).
 """
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ DEFAULTS = {
     "KB_RUN_COOLDOWN": 10.0,
     "KB_SECRET_KEY": "",
     "KB_MODEL_FILE": "",  # the embedding model; default: the pinned package's file (kb.search.embeddings)
+    # Host names requests may name (comma-separated; Flask's TRUSTED_HOSTS; "*": any); any other
+    # Host gets 400, so a page on a rebound DNS name cannot drive the service (issue 20).
+    "KB_TRUSTED_HOSTS": "localhost, 127.0.0.1",  # (an IPv6 literal never matches: werkzeug 3.1 compares "[")
 }
 
 RUN_MISSING = {"background": "background", "true": "background", "1": "background", "yes": "background",
@@ -82,9 +86,13 @@ def create_app(config: dict | None = None) -> Flask:
     run_missing = RUN_MISSING.get(str(app.config["KB_RUN_MISSING"]).lower())
     if run_missing is None:
         raise ValueError(f"KB_RUN_MISSING must be one of {', '.join(RUN_MISSING)}, not {app.config['KB_RUN_MISSING']!r}")
+    if not app.config["KB_RUNS"]:
+        run_missing = "off"  # a read-only deployment runs nothing, not even answers without evidence
     app.config["KB_RUN_MISSING"] = run_missing  # background | wait | off, whatever spelling was given
+    hosts = [h.strip() for h in str(app.config["KB_TRUSTED_HOSTS"]).split(",") if h.strip()]
+    app.config["TRUSTED_HOSTS"] = None if "*" in hosts else hosts
     library = Library(app.config["KB_ANSWERS"], app.config["KB_DB"], limits,
-                      run_changed=run_missing != "off" and not app.config["KB_STATIC"],
+                      run_changed=run_missing != "off" and not app.config["KB_STATIC"] and bool(app.config["KB_RUNS"]),
                       model_file=app.config["KB_MODEL_FILE"] or None, embed_in_background=run_missing == "background")
     if run_missing == "background":
         _show_progress()

@@ -23,6 +23,10 @@ FIGURE_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
 @api.get("/healthz")
 def healthz():
+    """`ok`, or `degraded` with the problems found (and healed) in the stored evidence."""
+    problems = library().health_cached()
+    if problems:
+        return jsonify(status="degraded", answers=len(snapshot().answers), problems=problems)
     return jsonify(status="ok", answers=len(snapshot().answers))
 
 

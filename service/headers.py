@@ -31,6 +31,8 @@ def headers(response):
     response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
     response.headers["Permissions-Policy"] = PERMISSIONS_POLICY
     response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
+    if response.status_code >= 400:  # an error (or a 429) is about this moment: never kept
+        response.headers["Cache-Control"] = "no-store"
     if response.location:
         parts = urlsplit(response.location)
         if parts.scheme or parts.netloc:

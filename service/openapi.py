@@ -15,7 +15,9 @@ SCHEMAS = {
     },
     "Health": {
         "type": "object", "required": ["status", "answers"], "additionalProperties": False,
-        "properties": {"status": {"const": "ok"}, "answers": {"type": "integer", "minimum": 0}},
+        "properties": {"status": {"enum": ["ok", "degraded"]}, "answers": {"type": "integer", "minimum": 0},
+                       "problems": {**STRING_LIST, "description": "what is degraded (stored evidence found "
+                                                                  "unreadable, dropped and derived again)"}},
     },
     "AnswerListing": {
         "type": "object", "required": [*LISTED, "status", "url"], "additionalProperties": False,
@@ -72,6 +74,7 @@ SCHEMAS = {
             "figures": {"type": "array", "items": {"type": "string"}, "description": "URLs of SVG figures"},
             "figure_alts": STRING_LIST, "checks": {"type": "array", "items": {"$ref": "#/components/schemas/Check"}},
             "attrs": STRING_LIST,
+            "notes": {**STRING_LIST, "description": "what the runner's bounds cut or replaced (then `truncated`)"},
         },
     },
     "Evidence": {

@@ -90,11 +90,14 @@ def answer(slug):
     if slug != slug.lower() and slug.lower() in snapshot().answers:
         return redirect(url_for("pages.answer", slug=slug.lower()), 301)
     found = answer_or_404(slug)
+    response = answer_response("page", found, lambda evidence: _answer_page(found, evidence), "text/html")
     was = request.args.get("was")
-    if was is not None:  # just re-run: the page says what changed, so it is not the cached one
-        evidence = library().evidence(found)
-        return _answer_page(found, evidence, announce=_changes(was, evidence))
-    return answer_response("page", found, lambda evidence: _answer_page(found, evidence), "text/html")
+    announce = _changes(was, library().evidence(found)) if was is not None else None
+    if announce:  # just re-run: the cached page, with one line saying what changed
+        line = Markup('<p class="announce" role="status">{}</p>').format(announce)
+        response.set_data(response.get_data().replace(ANNOUNCE, str(line).encode(), 1))
+        del response.headers["ETag"]
+    return response
 
 
 @pages.get("/answers/<slug>.ipynb")
@@ -114,7 +117,10 @@ def notebook(slug):
     return response
 
 
-def _answer_page(answer, evidence, announce=None) -> str:
+ANNOUNCE = b"<!--kb:announce-->"  # where answer.html puts the line "Run again" comes back to
+
+
+def _answer_page(answer, evidence) -> str:
     known = snapshot()
     evidence = audited(evidence, answer)
     by_index = {s["index"]: s for s in evidence["snippets"]}
@@ -132,7 +138,7 @@ def _answer_page(answer, evidence, announce=None) -> str:
              for s in evidence["snippets"] for f in s["figures"]}
     return render_template("answer.html", answer=answer, evidence=evidence, parts=parts, related=related,
                            counts=ev.describe(ev.counts(evidence, answer)), toc=rendered.toc,
-                           topic=BY_KEY.get(answer.topic), announce=announce,
+                           topic=BY_KEY.get(answer.topic),
                            show_lead=not repeats_lead(answer.summary, rendered.parts),
                            figure_url=lambda name: f"{figure_url(answer.slug, name)}?v={version}",
                            figure_size=lambda index, name: sizes.get((index, name)),

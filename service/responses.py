@@ -11,10 +11,10 @@ from .context import audits, library, snapshot
 
 
 class ResponseCache:
-    """Finished response bodies with their ETags, small, LRU and thread-safe."""
+    """Finished response bodies with their ETags, small (in entries and in bytes), LRU and thread-safe."""
 
-    def __init__(self, size: int = 512):
-        self.size, self.lock = size, threading.Lock()
+    def __init__(self, size: int = 512, max_bytes: int = 64 << 20):
+        self.size, self.max_bytes, self.bytes, self.lock = size, max_bytes, 0, threading.Lock()
         self.items: OrderedDict[object, tuple[bytes, str]] = OrderedDict()
 
     def get_or_make(self, key, make):
@@ -25,9 +25,11 @@ class ResponseCache:
         body = make().encode()
         value = (body, hashlib.blake2b(body, digest_size=16).hexdigest())
         with self.lock:
+            old = self.items.pop(key, None)
+            self.bytes += len(body) - (len(old[0]) if old else 0)
             self.items[key] = value
-            if len(self.items) > self.size:
-                self.items.popitem(last=False)
+            while len(self.items) > self.size or (self.bytes > self.max_bytes and len(self.items) > 1):
+                self.bytes -= len(self.items.popitem(last=False)[1][0])
         return value
 
 

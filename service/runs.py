@@ -6,7 +6,6 @@ Who may ask for a run at all is `guard.py`'s job; this module decides whether on
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -23,8 +22,7 @@ RETRY_AFTER_S = 5
 
 def init_app(app) -> None:
     app.extensions["kb_runs"] = threading.BoundedSemaphore(int(app.config["KB_MAX_RUNS"]))
-    app.extensions["kb_run_locks"] = defaultdict(threading.Lock)
-    app.extensions["kb_run_locks_lock"] = threading.Lock()
+    app.extensions["kb_run_locks_lock"] = threading.Lock()  # guards the library's count of waiters
 
 
 @contextmanager
@@ -43,24 +41,31 @@ def run_slot():
 def run_or_reuse(answer: Answer) -> ev.Evidence:
     """Run the answer, or return the run of it that finished less than KB_RUN_COOLDOWN s ago.
 
-    One run of an answer at a time per process: a request that arrives while one is under way
-    waits for it and gets its evidence. Across processes the stored `ran_at` does the same job.
+    One run of an answer at a time per process, whoever started it (a request, the start-up
+    run, a re-run after an edit: `Library.run_lock`): a request that arrives while one is under
+    way waits for it and gets its evidence. Waiting holds a thread, so at most KB_MAX_RUNS
+    requests wait at once in a process; past that, `429` with `Retry-After`. Across processes
+    the stored `ran_at` does the same job.
     """
-    extensions = current_app.extensions
-    with extensions["kb_run_locks_lock"]:
-        lock = extensions["kb_run_locks"][answer.slug]
     lib = library()
-    if not lock.acquire(blocking=False):
-        with lock:  # the run under way finishes: its evidence is the answer
-            return lib.evidence(answer)
+    with lib.run_lock(answer.slug, wait=False) as mine:
+        if mine:
+            stored = lib.evidence(answer)  # pending evidence never ran: its age is infinite
+            if _age(stored) < float(current_app.config["KB_RUN_COOLDOWN"]):
+                return stored
+            with run_slot():
+                return lib.run(answer)
+    with current_app.extensions["kb_run_locks_lock"]:
+        if lib.waiting >= int(current_app.config["KB_MAX_RUNS"]):
+            raise TooManyRequests("This answer is being run now and enough requests wait for it; "
+                                  "its fresh evidence is on its page shortly.", retry_after=RETRY_AFTER_S)
+        lib.waiting += 1
     try:
-        stored = lib.evidence(answer)  # pending evidence never ran: its age is infinite
-        if _age(stored) < float(current_app.config["KB_RUN_COOLDOWN"]):
-            return stored
-        with run_slot():
-            return lib.run(answer)
+        with lib.run_lock(answer.slug):  # the run under way finishes: its evidence is the answer
+            return lib.evidence(answer)
     finally:
-        lock.release()
+        with current_app.extensions["kb_run_locks_lock"]:
+            lib.waiting -= 1
 
 
 def _age(evidence: ev.Evidence) -> float:
