@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 import re
 
-from flask import Blueprint, Response, abort, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, abort, jsonify, request, url_for
 
+from kb import version
 from kb.render.markdown import Html, highlight_python
 
 from .guard import allow_run, run_or_reuse
-from .knowledge import answer_or_404, answer_response, library, listing, public_evidence, snapshot
+from .knowledge import answer_or_404, answer_response, library, listing, public_evidence, settings, snapshot, state
 from .openapi import spec
 
 api = Blueprint("api", __name__)
@@ -19,7 +20,7 @@ FIGURE_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
 @api.get("/healthz")
 def healthz():
-    return jsonify(status="ok", answers=len(snapshot().answers))
+    return jsonify(status="ok", answers=len(snapshot().answers), version=version())
 
 
 @api.get("/api/answers")
@@ -91,11 +92,12 @@ def lookup(query: str, limit: int) -> dict:
     """{"confident", "results"}: each result links to its best section; a query without a
     confident answer is counted in the store's gaps (`python -m kb gaps`)."""
     found = library().search(query, limit)
+    state().metrics.search(found["confident"])
     found["results"] = [{"slug": hit["slug"], "title": hit["title"], "summary": hit["summary"], "score": hit["score"],
                          "url": url_for("pages.answer", slug=hit["slug"], _anchor=hit["section"]["anchor"] or None),
                          "section": hit["section"]} for hit in found["results"]]
-    if not found["confident"] and not current_app.config["KB_STATIC"]:
-        current_app.extensions["kb_gaps"].record(query)
+    if not found["confident"] and not settings().static:
+        state().gaps.record(query)
     return found
 
 

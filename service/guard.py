@@ -14,17 +14,16 @@ import hashlib
 import hmac
 import os
 import threading
-from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from flask import abort, current_app, request
+from flask import abort, request
 
 from kb.format.answer import Answer
 from kb.store import evidence as ev
 
-from .knowledge import library, run_slot
+from .knowledge import library, run_slot, settings, state
 
 PERMISSIONS_POLICY = ("accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), "
                       "microphone=(), payment=(), usb=()")
@@ -52,11 +51,12 @@ def site_key(db_path: str) -> bytes:
     return path.read_bytes()
 
 
+def run_key(secret: str, db_path: str) -> bytes:
+    """KB_SECRET_KEY, or the machine's key file beside the database."""
+    return secret.encode() if secret else site_key(db_path)
+
+
 def init_app(app) -> None:
-    secret = app.config.get("KB_SECRET_KEY") or ""
-    app.extensions["kb_run_key"] = secret.encode() if secret else site_key(app.config["KB_DB"])
-    app.extensions["kb_run_locks"] = defaultdict(threading.Lock)
-    app.extensions["kb_run_locks_lock"] = threading.Lock()
     app.jinja_env.globals["run_token"] = run_token
     app.after_request(secure_headers)
 
@@ -78,13 +78,13 @@ def run_token(slug: str) -> str:
     """The form's token for re-running `slug`: it shows the form came from a page this service
     (or one sharing KB_SECRET_KEY) rendered. Only needed from browsers that send neither
     Sec-Fetch-Site nor Origin; anyone can read it off the page, so it stops blind forms only."""
-    key = current_app.extensions["kb_run_key"]
+    key = state().run_key
     return hmac.new(key, f"run:{slug}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def allow_run(slug: str, api: bool) -> None:
     """Abort unless this request may start a run of `slug` (403, or 415 for a non-JSON API call)."""
-    if not current_app.config["KB_RUNS"]:
+    if not settings().runs:
         abort(403, "Runs are switched off on this server (KB_RUNS=off); the evidence shown is the stored one.")
     if api and request.mimetype != "application/json":
         abort(415, "POST the run with 'Content-Type: application/json' (the body may be {}).")
@@ -114,19 +114,25 @@ def run_or_reuse(answer: Answer) -> ev.Evidence:
     One run of an answer at a time per process: a request that arrives while one is under way
     waits for it and gets its evidence. Across processes the stored `ran_at` does the same job.
     """
-    extensions = current_app.extensions
-    with extensions["kb_run_locks_lock"]:
-        lock = extensions["kb_run_locks"][answer.slug]
+    kb = state()
+    with kb.run_locks_lock:
+        lock = kb.run_locks[answer.slug]
     lib = library()
     if not lock.acquire(blocking=False):
+        kb.metrics.run("coalesced")
         with lock:  # the run under way finishes: its evidence is the answer
             return lib.evidence(answer)
     try:
         stored = lib.evidence(answer)  # pending evidence never ran: its age is infinite
-        if _age(stored) < float(current_app.config["KB_RUN_COOLDOWN"]):
+        if _age(stored) < kb.settings.run_cooldown:
+            kb.metrics.run("coalesced")
             return stored
         with run_slot():
-            return lib.run(answer)
+            kb.metrics.run("started")
+            fresh = lib.run(answer)
+            if fresh["status"] != "passed":
+                kb.metrics.run("failed")
+            return fresh
     finally:
         lock.release()
 

@@ -1,6 +1,6 @@
 """What both blueprints need from the knowledge base: look-ups, evidence URLs, run slots.
 
-Everything here is per app (`app.extensions`), never per process: two apps in one process (tests,
+Everything here is per app (one `KbState` under `app.extensions["kb"]`), never per process: two apps in one process (tests,
 the static export, an embedding) must not see each other's answers or cached pages. A request
 reads the one `Snapshot` it took when it started (`g`), so everything it shows is from one reload.
 """
@@ -8,21 +8,55 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from flask import Response, abort, current_app, g, url_for
+from flask import Flask, Response, abort, current_app, g, url_for
 from werkzeug.exceptions import TooManyRequests
 
 from kb.format.answer import SLUG_RE
 from kb.library import Library, Snapshot
+from kb.settings import Settings
 from kb.store import evidence as ev
+from kb.store.gaps import Gaps
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 RETRY_AFTER_S = 5
 
 
+@dataclass(eq=False)
+class KbState:
+    """Everything one app holds, under the one key `app.extensions["kb"]` (read it with `state()`)."""
+
+    settings: Settings
+    library: Library
+    gaps: Gaps
+    run_key: bytes  # signs the run form's token (guard.py)
+    run_slots: threading.BoundedSemaphore  # KB_MAX_RUNS re-runs at once
+    metrics: Metrics  # the counters /metrics shows (metrics.py)
+    responses: ResponseCache = field(default_factory=lambda: ResponseCache())  # this app's pages only
+    run_locks: defaultdict[str, threading.Lock] = field(default_factory=lambda: defaultdict(threading.Lock))
+    run_locks_lock: threading.Lock = field(default_factory=threading.Lock)  # guards run_locks
+
+    def close(self) -> None:
+        self.library.close()
+
+
+def state(app: Flask | None = None) -> KbState:
+    """The app's state (the current app's by default)."""
+    return (app or current_app).extensions["kb"]
+
+
+def settings() -> Settings:
+    return state().settings
+
+
 def library() -> Library:
-    return current_app.extensions["kb"]
+    return state().library
 
 
 def snapshot() -> Snapshot:
@@ -80,7 +114,7 @@ def answer_response(kind: str, answer, make, mimetype: str) -> Response:
     The key is cheap to read (the reload generation and when the evidence ran), so a cached
     page costs one small SQL query and no Markdown, JSON or template work.
     """
-    lib, responses = library(), current_app.extensions["kb_responses"]
+    lib, responses = library(), state().responses
     key = (kind, answer.slug, snapshot().generation, lib.stamp(answer))
     body, etag = responses.get_or_make(key, lambda: make(lib.evidence(answer)))
     response = Response(body, mimetype=mimetype)
@@ -91,8 +125,9 @@ def answer_response(kind: str, answer, make, mimetype: str) -> Response:
 @contextmanager
 def run_slot():
     """Hold one of the bounded re-run slots, or answer 429 with Retry-After."""
-    slots = current_app.extensions["kb_runs"]
+    slots = state().run_slots
     if not slots.acquire(blocking=False):
+        state().metrics.run("limited")
         raise TooManyRequests("Too many answers are being re-run right now; try again shortly.",
                               retry_after=RETRY_AFTER_S)
     try:

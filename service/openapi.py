@@ -1,6 +1,7 @@
 """The OpenAPI 3.1 description of the JSON API; tests hold the real responses to it."""
 from __future__ import annotations
 
+from kb import version
 from kb.format.topics import TOPICS
 
 STRING_LIST = {"type": "array", "items": {"type": "string"}}
@@ -13,8 +14,9 @@ SCHEMAS = {
                        "status": {"type": "integer"}, "detail": {"type": "string"}},
     },
     "Health": {
-        "type": "object", "required": ["status", "answers"], "additionalProperties": False,
-        "properties": {"status": {"const": "ok"}, "answers": {"type": "integer", "minimum": 0}},
+        "type": "object", "required": ["status", "answers", "version"], "additionalProperties": False,
+        "properties": {"status": {"const": "ok"}, "answers": {"type": "integer", "minimum": 0},
+                       "version": {"type": "string", "description": "The service's package version"}},
     },
     "AnswerListing": {
         "type": "object", "required": ["slug", "title", "summary", "tags", "topic", "status", "url"],
@@ -125,7 +127,7 @@ NOT_MODIFIED = {"description": "Not modified (If-None-Match matched the ETag)"}
 def spec() -> dict:
     return {
         "openapi": "3.1.0",
-        "info": {"title": "kb: executable answers about neural-network fundamentals", "version": "1.0.0",
+        "info": {"title": "kb: executable answers about neural-network fundamentals", "version": version(),
                  "description": "Answers whose claims are checked by running NumPy snippets. "
                                 "GET responses carry an ETag and honour If-None-Match."},
         "paths": {
