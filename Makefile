@@ -35,7 +35,7 @@ bench: setup
 soak: setup
 	KB_SOAK_SECONDS=$${KB_SOAK_SECONDS:-60} $(PY) -m pytest tests/test_load.py -q -n 0 -p no:logging -s
 
-# gunicorn behind nginx on loopback, as deployed (deploy/, README "Deploying"); needs Debian's nginx.
+# gunicorn behind nginx on loopback, as deployed (deploy/, docs/deploying.md); needs Debian's nginx.
 deploy-local: setup
 	deploy/serve-local.sh $${PORT:-8080}
 

@@ -33,6 +33,10 @@ worker_class = "gthread"
 workers = int(os.environ.get("KB_WORKERS", "2"))
 threads = int(os.environ.get("KB_THREADS", "8"))
 control_socket_disable = True  # gunicorn's control socket: nothing here uses it
+# Limits above nginx's (8 KiB lines and fields): nginx refuses first, with its problem+json, so
+# gunicorn's own bare HTML errors are never seen.
+limit_request_line = 16384
+limit_request_field_size = 16384
 
 _own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 if _own_metrics_dir:

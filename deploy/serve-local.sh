@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Serve the knowledge base as it is deployed, on loopback: gunicorn (the README's command) behind
+# Serve the knowledge base as it is deployed, on loopback: gunicorn (docs/service.md's command) behind
 # nginx with deploy/nginx.conf, nginx running as the current user from a temporary prefix (no
 # root, nothing under /etc). Ctrl-C or SIGTERM stops both and removes the prefix.
 #
@@ -36,7 +36,9 @@ mkdir -p "$prefix/logs" "$prefix/tmp"
 user=""
 if [ "$(id -u)" -eq 0 ]; then user="user root;"; fi
 sed -e "s|@USER@|$user|" -e "s|@LISTEN@|127.0.0.1:$port|" -e "s|@UPSTREAM@|127.0.0.1:$upstream|" \
-    -e "s|@STATIC@|$root/service/static|" deploy/nginx.conf > "$prefix/nginx.conf"
+    -e "s|@STATIC@|$root/service/static|" -e "s|@SERVER_NAMES@|${KB_SERVER_NAMES:-127.0.0.1 localhost}|" \
+    deploy/nginx.conf > "$prefix/nginx.conf"
+cp deploy/kb-error-headers.conf "$prefix/kb-error-headers.conf"
 
 pids=()
 declare -A names=()
@@ -51,7 +53,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 "$nginx" -t -q -p "$prefix/" -e "$prefix/logs/error.log" -c "$prefix/nginx.conf"
-# deploy/gunicorn.conf.py: the model loaded once before the workers fork, metrics across workers.
+# deploy/gunicorn.conf.py: the model loaded once before the workers fork, metrics across workers,
+# gthread workers, and request limits above nginx's (so nginx refuses first, with its problem+json).
 KB_WORKERS=${KB_WORKERS:-2} "$python" -m gunicorn -c deploy/gunicorn.conf.py -b "127.0.0.1:$upstream" \
   "service:create_app()" &
 pids+=($!)

@@ -11,7 +11,10 @@ contracts in pyproject.toml, `make test` runs it):
 - `kb.search`: lookup, a question to answers (`index` FTS5, `embeddings`, `lookup`)
 - `kb.render`: bodies to safe HTML (`markdown`, `mathml`)
 - on top: `library` (one app's answers, evidence, rendering and lookup, reloaded on edits),
-  `authoring` (`kb new`, `kb lint`), `cli` (the `kb` command), `pytest_plugin`
+  `authoring` (`kb new`, `kb lint`), `notebook` (an answer as a Jupyter notebook), `cli` (the
+  `kb` command), `pytest_plugin`
+- `audit` (`kb audit`: can each check fail? mutation testing of the evidence) on `mutants` (a
+  check's dependencies and their small breakages)
 
 `kb` never imports Flask or the `service` package. The service adds `kb build` through the
 `kb.commands` entry-point group, so `kb check` loads no web framework.

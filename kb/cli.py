@@ -14,8 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from kb import version
 from kb.format.answer import load_answers
@@ -29,6 +28,9 @@ from kb.store.cache import Store
 from .authoring import CHECK_COMMAND, lint, new_answer
 
 SHARED = ("KB_DB", "KB_ANSWERS")  # the service's settings the commands read from the environment too
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
 Number = TypeVar("Number", int, float)
 Command = Callable[[argparse.Namespace], int]
 
@@ -83,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     gaps.add_argument("--db", default=settings.db, help=f"SQLite store of the service (default: {settings.db})")
     gaps.add_argument("--limit", type=positive(int), default=None, help="show at most this many")
     run: dict[str, Command] = {"check": cmd_check, "new": cmd_new, "lint": cmd_lint, "gaps": cmd_gaps}
+    # `kb audit` (issue 17): mutation testing of the checks, in kb/audit.py
+    from . import audit
+    audit.add_command(commands, settings.db, settings.answers, positive)
+    run["audit"] = lambda args: audit.cmd_audit(args, settings.answers)
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     if chosen not in run:  # another package's command, or help or a usage error: list them all
         for entry in plugin_commands().values():
@@ -123,6 +129,8 @@ def shared_settings() -> Settings:
 
 def plugin_commands() -> dict[str, EntryPoint]:
     """The commands other installed packages add (entry-point group `kb.commands`), by name."""
+    from importlib.metadata import entry_points  # ~35 modules that `kb check` does not need
+
     return {entry.name: entry for entry in entry_points(group="kb.commands")}
 
 
@@ -133,8 +141,10 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"gaps": entries}, ensure_ascii=False)
         return 0
-    for entry in entries:
-        print(f"{entry['count']:>6}  {entry['last_seen']}  {entry['query']}")
+    from kb.store.evidence import printable
+
+    for entry in entries:  # anyone can put text here (a search): never a terminal escape
+        print(f"{entry['count']:>6}  {entry['last_seen']}  {printable(entry['query'])}")
     print(f"{len(entries)} question(s) without a confident answer", file=sys.stderr)
     return 0
 

@@ -138,6 +138,14 @@ def parse_run_missing(value: object) -> str:
     return _run_missing_word(value)
 
 
+def parse_hosts(value: object) -> str:
+    """A comma-separated list of host names (`*`: any), at least one; kept as given, trimmed."""
+    hosts = [host.strip() for host in _text(value).split(",") if host.strip()]
+    if not hosts:
+        raise ValueError(f"{value!r} names no host (use * for any)")
+    return ", ".join(hosts)
+
+
 _run_missing_word = choice(*RUN_MISSING, aliases={**dict.fromkeys(TRUE, "background"), **dict.fromkeys(FALSE, "off")})
 
 
@@ -166,6 +174,9 @@ class Settings:
     secret_key: str = ""
     model_file: str = ""
     log_format: str = "text"
+    # Host names requests may name; any other Host gets 400, so a page on a rebound DNS name cannot
+    # drive the service (issue 20). (An IPv6 literal never matches: werkzeug 3.1 compares "[".)
+    trusted_hosts: str = "localhost, 127.0.0.1"
 
     def __repr__(self) -> str:  # never print the secret
         shown = ", ".join(f"{f.name}={'***' if f.name == 'secret_key' and self.secret_key else getattr(self, f.name)!r}"
@@ -176,19 +187,29 @@ class Settings:
     def limits(self) -> Limits:
         return Limits.of(self.timeout, self.memory_mb, self.output_kib)
 
+    @property
+    def flask_trusted_hosts(self) -> list[str] | None:
+        """Flask's TRUSTED_HOSTS: the listed names, or None (any) when the list has `*`."""
+        hosts = [host.strip() for host in self.trusted_hosts.split(",") if host.strip()]
+        return None if "*" in hosts else hosts
+
     @classmethod
     def load(cls, *sources: Mapping[str, object]) -> Settings:
         """The defaults, overridden by each source in turn (`os.environ`, then a config dict).
 
         Keys of `SETTINGS` are parsed; other keys are ignored (Flask's own, or the environment's
         KB_PORT and such). Raises SettingError naming the key whose value does not parse.
+        KB_RUNS=off runs nothing, ever: not even answers without evidence (run_missing is off).
         """
         values: dict[str, Any] = {}
         for source in sources:
             for setting in SETTINGS:
                 if setting.key in source:
                     values[setting.field] = parse_one(setting, source[setting.key])
-        return replace(cls(), **values)
+        settings = replace(cls(), **values)
+        if not settings.runs:
+            settings = replace(settings, run_missing="off")
+        return settings
 
     def as_config(self) -> dict[str, Any]:
         """{KEY: parsed value}: what Flask's `app.config` holds (templates read it)."""
@@ -228,4 +249,6 @@ SETTINGS: tuple[Setting, ...] = (
             "the embedding model file (default: the pinned package's model.onnx); must match the pinned SHA-256"),
     Setting("KB_LOG_FORMAT", "log_format", choice(*LOG_FORMATS),
             "text, or json: one JSON object per line for the service's log records"),
+    Setting("KB_TRUSTED_HOSTS", "trusted_hosts", parse_hosts,
+            "host names requests may name, comma-separated (Flask's TRUSTED_HOSTS; *: any); others get 400"),
 )

@@ -1,9 +1,9 @@
 """The Flask service: HTML pages for people and a JSON API for programs, over one Library.
 
 `create_app(config)` follows Flask's app-factory habit. Its settings (`KB_ANSWERS`, `KB_DB`,
-`KB_RUNS`, ...: every key, its default and its meaning are in docs/settings.md) come from the
-environment, then from the `config` dict, both read by the parsers of `kb.settings`; the parsed
-`Settings` are the app's, in its one state object (`service.knowledge.state(app)`).
+`KB_RUNS`, `KB_TRUSTED_HOSTS`, ...: every key, its default and its meaning are in docs/settings.md)
+come from the environment, then from the `config` dict, both read by the parsers of `kb.settings`;
+the parsed `Settings` are the app's, in its one state object (`service.context.state(app)`).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 
-from flask import Flask, g, request
+from flask import Flask, g
 from flask.json.provider import DefaultJSONProvider
 
 from kb.library import Library
@@ -19,16 +19,13 @@ from kb.run.runner import clean_up_on_sigterm
 from kb.settings import Settings
 from kb.store.gaps import Gaps
 
-from . import guard, metrics
+from . import guard, headers, metrics
 from .api import api
-from .knowledge import KbState
+from .context import KbState
 from .logs import JsonFormatter
 from .pages import pages
 from .problems import register_error_handlers
-
-CONDITIONAL = {"HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE"}  # what can turn a 200 into a 304
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
-       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+from .responses import ResponseCache
 
 
 def _set_up_logging(log_format: str, progress: bool) -> None:
@@ -58,6 +55,7 @@ def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(config or {})  # Flask's own keys (TESTING, ...)
     app.config.update(settings.as_config())  # KB_* parsed: templates read config.KB_STATIC
+    app.config["TRUSTED_HOSTS"] = settings.flask_trusted_hosts  # any other Host: 400 (issue 20)
     app.json = DefaultJSONProvider(app)  # typed: the attributes below are DefaultJSONProvider's
     app.json.sort_keys = False
     app.json.ensure_ascii = False
@@ -74,31 +72,18 @@ def create_app(config: dict | None = None) -> Flask:
     app.extensions["kb"] = KbState(settings=settings, library=library, gaps=Gaps(settings.db),
                                    run_key=guard.run_key(settings.secret_key, settings.db),
                                    run_slots=threading.BoundedSemaphore(settings.max_runs),
-                                   metrics=metrics.init_app(app))
+                                   metrics=metrics.init_app(app), responses=ResponseCache())
 
     app.register_blueprint(pages)
     app.register_blueprint(api)
     register_error_handlers(app)
     guard.init_app(app)
+    headers.init_app(app)
     clean_up_on_sigterm()  # `make run`: a SIGTERM stops the fork server and removes its files
 
     @app.before_request
     def notice_edited_answers():
         library.refresh()
         g.kb_snapshot = library.snapshot  # what this request reads, whatever reloads meanwhile
-
-    @app.after_request
-    def harden(response):
-        response.headers.setdefault("Content-Security-Policy", CSP)  # figures set their own
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
-        if request.method in ("GET", "HEAD") and response.status_code == 200 and not response.is_streamed:
-            if "ETag" not in response.headers:
-                response.add_etag()
-            if CONDITIONAL.intersection(request.environ):  # only then is there anything to compare
-                response = response.make_conditional(request)
-        return response
 
     return app

@@ -4,14 +4,18 @@ from __future__ import annotations
 import json
 import re
 
-from flask import Blueprint, Response, abort, jsonify, request, url_for
+from flask import Blueprint, Response, abort, jsonify, request
 
 from kb import version
 from kb.render.markdown import Html, highlight_python
 
-from .guard import allow_run, run_or_reuse
-from .knowledge import answer_or_404, answer_response, library, listing, public_evidence, settings, snapshot, state
+from .context import answer_or_404, library, snapshot
+from .guard import allow_run
+from .lookup import lookup
 from .openapi import spec
+from .responses import answer_response
+from .runs import run_or_reuse
+from .serialize import fields, listing, public_evidence
 
 api = Blueprint("api", __name__)
 FIGURE_NAME = r"\d+-\d+\.svg"
@@ -20,6 +24,11 @@ FIGURE_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
 @api.get("/healthz")
 def healthz():
+    """`ok`, or `degraded` with the problems found (and healed) in the stored evidence; the
+    service's version either way."""
+    problems = library().health_cached()
+    if problems:
+        return jsonify(status="degraded", answers=len(snapshot().answers), version=version(), problems=problems)
     return jsonify(status="ok", answers=len(snapshot().answers), version=version())
 
 
@@ -37,10 +46,7 @@ def answer(slug):
     found = answer_or_404(slug)
 
     def make(evidence):
-        return json.dumps({"slug": found.slug, "title": found.title, "summary": found.summary, "tags": found.tags,
-                           "topic": found.topic,
-                           "aliases": found.aliases, "related": found.related, "sources": found.sources,
-                           "html": body_html(found), "evidence": public_evidence(evidence)},
+        return json.dumps({**fields(found), "html": body_html(found), "evidence": public_evidence(evidence)},
                           ensure_ascii=False, allow_nan=False)
 
     return answer_response("json", found, make, "application/json")
@@ -86,19 +92,6 @@ def search():
         abort(400, "'limit' must be a whole number from 1 to 50.")
     found = lookup(query, int(raw_limit))
     return jsonify(query=query, confident=found["confident"], results=found["results"])
-
-
-def lookup(query: str, limit: int) -> dict:
-    """{"confident", "results"}: each result links to its best section; a query without a
-    confident answer is counted in the store's gaps (`python -m kb gaps`)."""
-    found = library().search(query, limit)
-    state().metrics.search(found["confident"])
-    found["results"] = [{"slug": hit["slug"], "title": hit["title"], "summary": hit["summary"], "score": hit["score"],
-                         "url": url_for("pages.answer", slug=hit["slug"], _anchor=hit["section"]["anchor"] or None),
-                         "section": hit["section"]} for hit in found["results"]]
-    if not found["confident"] and not settings().static:
-        state().gaps.record(query)
-    return found
 
 
 @api.get("/api/openapi.json")

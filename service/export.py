@@ -20,8 +20,9 @@ from pathlib import Path
 
 from kb.format.topics import TOPICS
 
-from . import CSP, create_app
-from .knowledge import state
+from . import create_app
+from .context import state
+from .headers import CSP
 
 LINK_RE = re.compile(r'(?P<attr>href|src|action)="(?P<url>/[^"]*)"')
 MARKER = ".kb-export"
@@ -62,6 +63,7 @@ def build(answers_dir, db_path, outdir) -> tuple[int, list]:
                  "/static/fonts/OFL.txt": "static/fonts/OFL.txt", "/api/answers": "api/answers.json"}
         files.update({f"/answers/{a.slug}": f"answers/{a.slug}.html" for a in answers})
         files.update({f"/api/answers/{a.slug}": f"api/answers/{a.slug}.json" for a in answers})
+        files.update({f"/answers/{a.slug}.ipynb": f"answers/{a.slug}.ipynb" for a in answers})
         files.update({f"/tags/{t}": f"tags/{t}.html" for t in tags})
         files.update({f"/topics/{t.key}": f"topics/{t.key}.html" for t in TOPICS})
         for answer in answers:

@@ -1,12 +1,11 @@
-"""Who may start a run, how often, and the response headers every request gets.
+"""Who may start a run.
 
 Runs execute code and replace the published evidence, so the run endpoints refuse what a
 browser sends on another site's behalf: a request its browser marks `Sec-Fetch-Site` other than
 `same-origin`, else one whose `Origin` is another host; a form from a browser that sends
 neither carries a token only this service can sign. The API run also requires
-`Content-Type: application/json`, which no cross-site form or simple request can send. Runs of
-one answer are serialised, and one that finished less than `KB_RUN_COOLDOWN` seconds ago is
-returned instead of running again. `KB_RUNS=off` turns runs off (403).
+`Content-Type: application/json`, which no cross-site form or simple request can send.
+`KB_RUNS=off` turns runs off (403). Whether an allowed run starts, or reuses one, is `runs.py`'s.
 """
 from __future__ import annotations
 
@@ -14,19 +13,12 @@ import hashlib
 import hmac
 import os
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from flask import abort, request
 
-from kb.format.answer import Answer
-from kb.store import evidence as ev
-
-from .knowledge import library, run_slot, settings, state
-
-PERMISSIONS_POLICY = ("accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), "
-                      "microphone=(), payment=(), usb=()")
+from .context import settings, state
 
 
 def site_key(db_path: str) -> bytes:
@@ -58,20 +50,6 @@ def run_key(secret: str, db_path: str) -> bytes:
 
 def init_app(app) -> None:
     app.jinja_env.globals["run_token"] = run_token
-    app.after_request(secure_headers)
-
-
-def secure_headers(response):
-    """Headers beside the CSP: no powerful features, no cross-origin embedding of responses,
-    and a `Location` that never names a host (werkzeug builds its slash-merging redirects from
-    the client's `Host` header)."""
-    response.headers["Permissions-Policy"] = PERMISSIONS_POLICY
-    response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
-    if response.location:
-        parts = urlsplit(response.location)
-        if parts.scheme or parts.netloc:
-            response.location = urlunsplit(("", "", parts.path or "/", parts.query, parts.fragment))
-    return response
 
 
 def run_token(slug: str) -> str:
@@ -106,40 +84,3 @@ def _cross_site() -> str | None:
         # Host, not scheme: behind a TLS-terminating proxy the service sees http.
         return None if urlsplit(origin).netloc == request.host else f"Origin: {origin}"
     return "unmarked"
-
-
-def run_or_reuse(answer: Answer) -> ev.Evidence:
-    """Run the answer, or return the run of it that finished less than KB_RUN_COOLDOWN s ago.
-
-    One run of an answer at a time per process: a request that arrives while one is under way
-    waits for it and gets its evidence. Across processes the stored `ran_at` does the same job.
-    """
-    kb = state()
-    with kb.run_locks_lock:
-        lock = kb.run_locks[answer.slug]
-    lib = library()
-    if not lock.acquire(blocking=False):
-        kb.metrics.run("coalesced")
-        with lock:  # the run under way finishes: its evidence is the answer
-            return lib.evidence(answer)
-    try:
-        stored = lib.evidence(answer)  # pending evidence never ran: its age is infinite
-        if _age(stored) < kb.settings.run_cooldown:
-            kb.metrics.run("coalesced")
-            return stored
-        with run_slot():
-            kb.metrics.run("started")
-            fresh = lib.run(answer)
-            if fresh["status"] != "passed":
-                kb.metrics.run("failed")
-            return fresh
-    finally:
-        lock.release()
-
-
-def _age(evidence: ev.Evidence) -> float:
-    """Seconds since the evidence ran (infinite for evidence that never ran)."""
-    if not evidence["ran_at"]:
-        return float("inf")
-    ran = datetime.strptime(evidence["ran_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    return (datetime.now(UTC) - ran).total_seconds()

@@ -29,7 +29,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from .knowledge import snapshot, state
+from .context import snapshot, state
 
 metrics = Blueprint("metrics", __name__)
 # Latency buckets for pages served from a cache (ms) up to re-runs (seconds, KB_TIMEOUT 30 s).

@@ -10,7 +10,7 @@ from openapi_spec_validator import validate
 
 from kb.store import evidence as ev
 from service import create_app
-from service.knowledge import state
+from service.context import state
 from service.openapi import spec
 
 

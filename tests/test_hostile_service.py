@@ -205,12 +205,17 @@ def test_hostile_snippets_through_the_service(hostile_server):
     def ours():
         return {pid: cmd for pid, (_, cmd) in descendants(os.getpid()).items() if pid not in before}
 
-    left = settle(lambda: (lambda found: found if len(found) == 1 + SPARES else None)(ours())) or ours()
-    assert server_pid in left and len(left) == 1 + SPARES, \
+    # Where the kernel allows it, the server is process 1 of a PID namespace, under a small outer
+    # process that waits for it (kb.run.server.main): one more process, the same shape below it.
+    expected = {1 + SPARES, 2 + SPARES}
+    left = settle(lambda: (lambda found: found if len(found) in expected else None)(ours())) or ours()
+    assert server_pid in left and len(left) in expected, \
         f"the same fork server, still up, with its spares: { {pid: (parent_of(pid), cmd) for pid, cmd in left.items()} }"
-    spares = set(left) - {server_pid}
-    assert {parent_of(pid) for pid in spares} == {server_pid}, f"only the fork server's waiting spares remain: {left}"
-
+    parents = {pid: parent_of(pid) for pid in left}
+    serving = next(pid for pid in left if list(parents.values()).count(pid) == SPARES)
+    spares = {pid for pid, parent in parents.items() if parent == serving}
+    assert len(spares) == SPARES and set(left) - spares - {serving} <= {server_pid}, \
+        f"only the fork server's waiting spares remain: {left}"
     # The other answer's page and the search kept answering throughout.
     assert len(reader.seen) >= 8, reader.seen
     failures = [seen for seen in reader.seen if seen[1] != 200]

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service_fixtures import write_small_answers
 
 from service import create_app
-from service.knowledge import state
+from service.context import state
 from service.logs import JsonFormatter
 
 

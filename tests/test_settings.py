@@ -156,7 +156,7 @@ def test_every_setting_has_a_field_and_a_row_in_the_table():
 def test_create_app_reads_the_environment(monkeypatch, tmp_path):
     """KB_RUNS=on used to turn runs off, and KB_MEMORY_MB=512.5 used to crash create_app."""
     from service import create_app
-    from service.knowledge import state
+    from service.context import state
 
     monkeypatch.setenv("KB_RUNS", "on")
     monkeypatch.setenv("KB_MEMORY_MB", "512.5")
@@ -179,3 +179,17 @@ def test_create_app_refuses_a_bad_value_naming_the_key(monkeypatch):
     monkeypatch.setenv("KB_RUNS", "enabled")
     with pytest.raises(SettingError, match="KB_RUNS"):
         create_app({})
+
+
+def test_trusted_hosts_are_a_comma_list_and_star_means_any():
+    assert Settings().flask_trusted_hosts == ["localhost", "127.0.0.1"]
+    assert Settings.load({"KB_TRUSTED_HOSTS": " kb.example.org ,.example.net,"}).flask_trusted_hosts == [
+        "kb.example.org", ".example.net"]
+    assert Settings.load({"KB_TRUSTED_HOSTS": "*"}).flask_trusted_hosts is None
+    with pytest.raises(SettingError, match="KB_TRUSTED_HOSTS"):
+        Settings.load({"KB_TRUSTED_HOSTS": " , "})
+
+
+def test_runs_off_runs_nothing_not_even_missing_evidence():
+    assert Settings.load({"KB_RUNS": "off", "KB_RUN_MISSING": "wait"}).run_missing == "off"
+    assert Settings.load({"KB_RUNS": "on", "KB_RUN_MISSING": "wait"}).run_missing == "wait"

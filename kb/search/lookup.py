@@ -10,7 +10,7 @@ of its sections, how far it is behind the best answer, and its BM25 score relati
 BM25 score of the query, and how strong that is); a logistic model over them ranks, and a second
 one, over the rank score and the best similarity, gives the score: a calibrated probability, in
 [0, 1], that the answer is the one asked for. The weights and the `CONFIDENT` threshold were fitted on the dev split of `tests/lookup_eval/` with
-`bench/lookup_fit.py` (never on the test split); see the README's search section.
+`bench/lookup_fit.py` (never on the test split); see docs/search.md.
 
 A result names the section that matched best, so a link goes straight to it
 (`/answers/<slug>#<anchor>`); the anchor is the id `kb.render.markdown` gives that heading.
@@ -34,16 +34,29 @@ import numpy.typing as npt
 from markdown.extensions.toc import slugify, unique
 
 from kb.format.answer import Answer, split_lines
-from kb.format.blocks import Fence, blocks
+from kb.format.blocks import Fence, Prose, blocks
 
 from .embeddings import Embedder, EmbeddingCache
-from .index import SearchIndex, clean_body
+from .index import SearchIndex
 
 log = logging.getLogger(__name__)
 READY_WAIT = 300.0  # seconds a search waits for the first embedding (a fresh database, on a slow machine)
 HEADING_RE = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
 LINK_RE = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 INLINE_MARKS_RE = re.compile(r"`+|\*+|(?<!\w)_+|_+(?!\w)|<[^>]+>")
+# What `clean_body` keeps of a body.
+LATEX_COMMAND_RE = re.compile(r"\\([A-Za-z]+)")
+LINK_TARGET_RE = re.compile(r"\]\([^)\s]*\)")
+COMMENT_RE = re.compile(r"#\s?(.*)$", re.M)
+STRING_RE = re.compile(r"([\"'])((?:\\.|(?!\1).)*)\1")
+
+# LaTeX commands that only lay out a formula; other commands are kept as words (\sigma -> sigma).
+LATEX_LAYOUT = frozenset("""
+frac dfrac tfrac left right cdot cdots ldots dots qquad quad mathrm mathbf mathit mathcal
+operatorname text textrm textbf big Big bigg Bigg lVert rVert lvert rvert odot times top
+over sqrt begin end limits nolimits displaystyle hat tilde bar vec partial nabla le leq ge geq
+ne neq approx equiv sim propto to rightarrow leftarrow Rightarrow mapsto in notin infty
+""".split())
 
 # Fitted by `bench/lookup_fit.py` on the dev split (592 questions over 51 answers: tests/lookup_eval
 # dev and tests/lookup_cases.py; 34 out of scope), cross-fitted (a question is never scored against
@@ -69,6 +82,30 @@ class Section:
 def _heading_text(markdown: str) -> str:
     """A heading's text as the renderer's table of contents sees it (links and marks dropped)."""
     return html.unescape(INLINE_MARKS_RE.sub("", LINK_RE.sub(r"\1", markdown))).strip()
+
+
+def clean_body(markdown: str) -> str:
+    """The words of an answer's body: prose, words from formulas, code comments and strings.
+
+    Formulas keep their symbols' names (`\\sigma` becomes `sigma`, `\\varepsilon` `epsilon`)
+    but lose layout commands (`\\frac`, `\\left`...). Of a code fence only the comments and
+    string literals are kept (the claims of `check(...)`, plot titles): identifiers such as `np`,
+    `dZ`, `rng` would make every answer look alike. (Measured: keeping all code, none, or only
+    comments and strings changes the look-up rate by about one phrasing in 80.)
+    """
+    def code(text: str) -> str:
+        return "\n".join(COMMENT_RE.findall(text) + [s[1] for s in STRING_RE.findall(text)]) + "\n"
+
+    def command(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in LATEX_LAYOUT:
+            return " "
+        return f" {name[3:] if name.startswith('var') else name} "
+
+    text = "\n".join("\n".join(block.lines) if isinstance(block, Prose) else code("\n".join(block.code))
+                     for block in blocks(split_lines(markdown)))
+    text = LATEX_COMMAND_RE.sub(command, text)       # backslashes are in formulas, in prose
+    return LINK_TARGET_RE.sub("]", text)
 
 
 def sections(answer: Answer) -> list[Section]:
@@ -135,7 +172,7 @@ class Lookup:
         self.embedder = embedder
         self.cache = EmbeddingCache(db_path, embedder)
         self.state = EMPTY
-        self._rebuilding = threading.Lock()  # one rebuild at a time; the last one started wins
+        self._rebuilding = threading.Lock()  # one rebuild at a time; the last to get the lock wins
         self._ready = threading.Event()      # set once the first rebuild has finished
         # The lexical stage runs while the model embeds the question (both release the GIL):
         # at 10,000 answers that takes its ~2 ms off every look-up.
@@ -211,7 +248,7 @@ class Lookup:
         matrix = np.stack([best[0], best[1], best[2], overall.max() - overall, lexical, strength], axis=1)
         return chosen, matrix, (rows, offsets, similarity)
 
-    def search(self, query: object, limit: int = 5) -> dict[str, Any]:
+    def lookup(self, query: object, limit: int = 5) -> dict[str, Any]:
         """{"confident": bool, "results": [{slug, title, summary, score, section}]}, best first.
 
         Never raises, whatever the query; the results are the nearest answers even when the
