@@ -260,7 +260,7 @@ def measure(directory: Path, builds: int, passes: int) -> dict:
         create_s = time.perf_counter() - started
         after = _rss_kib()
         phases = dict(timers.seconds)
-        library = application.extensions["kb"]
+        library = application.extensions["kb"].library
         client = application.test_client()
         statuses = set()
 

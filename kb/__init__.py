@@ -19,3 +19,15 @@ contracts in pyproject.toml, `make test` runs it):
 `kb` never imports Flask or the `service` package. The service adds `kb build` through the
 `kb.commands` entry-point group, so `kb check` loads no web framework.
 """
+
+
+def version() -> str:
+    """The installed package's version (pyproject.toml's): `kb --version`, `/healthz`, the OpenAPI
+    document. "unknown" when the package is not installed (a bare checkout on `sys.path`)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("kb-answers")
+    except PackageNotFoundError:
+        return "unknown"

@@ -6,6 +6,7 @@ import re
 
 from flask import Blueprint, Response, abort, jsonify, request
 
+from kb import version
 from kb.render.markdown import Html, highlight_python
 
 from .context import answer_or_404, library, snapshot
@@ -23,11 +24,12 @@ FIGURE_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
 @api.get("/healthz")
 def healthz():
-    """`ok`, or `degraded` with the problems found (and healed) in the stored evidence."""
+    """`ok`, or `degraded` with the problems found (and healed) in the stored evidence; the
+    service's version either way."""
     problems = library().health_cached()
     if problems:
-        return jsonify(status="degraded", answers=len(snapshot().answers), problems=problems)
-    return jsonify(status="ok", answers=len(snapshot().answers))
+        return jsonify(status="degraded", answers=len(snapshot().answers), version=version(), problems=problems)
+    return jsonify(status="ok", answers=len(snapshot().answers), version=version())
 
 
 @api.get("/api/answers")

@@ -16,7 +16,9 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from flask import abort, current_app, request
+from flask import abort, request
+
+from .context import settings, state
 
 
 def site_key(db_path: str) -> bytes:
@@ -41,9 +43,12 @@ def site_key(db_path: str) -> bytes:
     return path.read_bytes()
 
 
+def run_key(secret: str, db_path: str) -> bytes:
+    """KB_SECRET_KEY, or the machine's key file beside the database."""
+    return secret.encode() if secret else site_key(db_path)
+
+
 def init_app(app) -> None:
-    secret = app.config.get("KB_SECRET_KEY") or ""
-    app.extensions["kb_run_key"] = secret.encode() if secret else site_key(app.config["KB_DB"])
     app.jinja_env.globals["run_token"] = run_token
 
 
@@ -51,13 +56,13 @@ def run_token(slug: str) -> str:
     """The form's token for re-running `slug`: it shows the form came from a page this service
     (or one sharing KB_SECRET_KEY) rendered. Only needed from browsers that send neither
     Sec-Fetch-Site nor Origin; anyone can read it off the page, so it stops blind forms only."""
-    key = current_app.extensions["kb_run_key"]
+    key = state().run_key
     return hmac.new(key, f"run:{slug}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def allow_run(slug: str, api: bool) -> None:
     """Abort unless this request may start a run of `slug` (403, or 415 for a non-JSON API call)."""
-    if not current_app.config["KB_RUNS"]:
+    if not settings().runs:
         abort(403, "Runs are switched off on this server (KB_RUNS=off); the evidence shown is the stored one.")
     if api and request.mimetype != "application/json":
         abort(415, "POST the run with 'Content-Type: application/json' (the body may be {}).")

@@ -1,6 +1,7 @@
 """The OpenAPI 3.1 description of the JSON API; tests hold the real responses to it."""
 from __future__ import annotations
 
+from kb import version
 from kb.format.topics import TOPICS
 
 from .serialize import ANSWER_FIELDS, LISTED, STRING_LIST
@@ -14,8 +15,9 @@ SCHEMAS = {
                        "status": {"type": "integer"}, "detail": {"type": "string"}},
     },
     "Health": {
-        "type": "object", "required": ["status", "answers"], "additionalProperties": False,
+        "type": "object", "required": ["status", "answers", "version"], "additionalProperties": False,
         "properties": {"status": {"enum": ["ok", "degraded"]}, "answers": {"type": "integer", "minimum": 0},
+                       "version": {"type": "string", "description": "The service's package version"},
                        "problems": {**STRING_LIST, "description": "what is degraded (stored evidence found "
                                                                   "unreadable, dropped and derived again)"}},
     },
@@ -143,7 +145,7 @@ NOT_MODIFIED = {"description": "Not modified (If-None-Match matched the ETag)"}
 def spec() -> dict:
     return {
         "openapi": "3.1.0",
-        "info": {"title": "kb: executable answers about neural-network fundamentals", "version": "1.0.0",
+        "info": {"title": "kb: executable answers about neural-network fundamentals", "version": version(),
                  "description": "Answers whose claims are checked by running NumPy snippets. "
                                 "GET responses carry an ETag and honour If-None-Match."},
         "paths": {

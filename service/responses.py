@@ -5,9 +5,9 @@ import hashlib
 import threading
 from collections import OrderedDict
 
-from flask import Response, current_app
+from flask import Response
 
-from .context import audits, library, snapshot
+from .context import audits, library, snapshot, state
 
 
 class ResponseCache:
@@ -39,7 +39,7 @@ def answer_response(kind: str, answer, make, mimetype: str) -> Response:
     The key is cheap to read (the reload generation and when the evidence ran), so a cached
     page costs one small SQL query and no Markdown, JSON or template work.
     """
-    lib, responses = library(), current_app.extensions["kb_responses"]
+    lib, responses = library(), state().responses
     key = (kind, answer.slug, snapshot().generation, lib.stamp(answer), audits().stamp(answer))
     body, etag = responses.get_or_make(key, lambda: make(lib.evidence(answer)))
     response = Response(body, mimetype=mimetype)

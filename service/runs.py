@@ -5,31 +5,25 @@ Who may ask for a run at all is `guard.py`'s job; this module decides whether on
 """
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from flask import current_app
 from werkzeug.exceptions import TooManyRequests
 
 from kb.format.answer import Answer
 from kb.store import evidence as ev
 
-from .context import library
+from .context import state
 
 RETRY_AFTER_S = 5
-
-
-def init_app(app) -> None:
-    app.extensions["kb_runs"] = threading.BoundedSemaphore(int(app.config["KB_MAX_RUNS"]))
-    app.extensions["kb_run_locks_lock"] = threading.Lock()  # guards the library's count of waiters
 
 
 @contextmanager
 def run_slot():
     """Hold one of the bounded re-run slots, or answer 429 with Retry-After."""
-    slots = current_app.extensions["kb_runs"]
+    slots = state().run_slots
     if not slots.acquire(blocking=False):
+        state().metrics.run("limited")
         raise TooManyRequests("Too many answers are being re-run right now; try again shortly.",
                               retry_after=RETRY_AFTER_S)
     try:
@@ -47,24 +41,32 @@ def run_or_reuse(answer: Answer) -> ev.Evidence:
     requests wait at once in a process; past that, `429` with `Retry-After`. Across processes
     the stored `ran_at` does the same job.
     """
-    lib = library()
+    kb = state()
+    lib = kb.library
     with lib.run_lock(answer.slug, wait=False) as mine:
         if mine:
             stored = lib.evidence(answer)  # pending evidence never ran: its age is infinite
-            if _age(stored) < float(current_app.config["KB_RUN_COOLDOWN"]):
+            if _age(stored) < kb.settings.run_cooldown:
+                kb.metrics.run("coalesced")
                 return stored
             with run_slot():
-                return lib.run(answer)
-    with current_app.extensions["kb_run_locks_lock"]:
-        if lib.waiting >= int(current_app.config["KB_MAX_RUNS"]):
+                kb.metrics.run("started")
+                fresh = lib.run(answer)
+                if fresh["status"] != "passed":
+                    kb.metrics.run("failed")
+                return fresh
+    with kb.run_locks_lock:
+        if lib.waiting >= kb.settings.max_runs:
+            kb.metrics.run("limited")
             raise TooManyRequests("This answer is being run now and enough requests wait for it; "
                                   "its fresh evidence is on its page shortly.", retry_after=RETRY_AFTER_S)
         lib.waiting += 1
+    kb.metrics.run("coalesced")
     try:
         with lib.run_lock(answer.slug):  # the run under way finishes: its evidence is the answer
             return lib.evidence(answer)
     finally:
-        with current_app.extensions["kb_run_locks_lock"]:
+        with kb.run_locks_lock:
             lib.waiting -= 1
 
 

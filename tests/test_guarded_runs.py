@@ -6,7 +6,7 @@ names the client's Host, and the static export's pages carry their CSP in a <met
 import re
 
 import pytest
-from helpers import answer_text, run_cli
+from helpers import answer_text, copy_database, run_cli
 from service_fixtures import write_small_answers
 
 from service import create_app
@@ -15,14 +15,15 @@ CLOCK = 'import time\nprint(time.time_ns())\ncheck("ran", True)'  # each run pri
 
 
 @pytest.fixture
-def make_app(tmp_path):
+def make_app(tmp_path, small_template):
     apps = []
 
     def make(**config):
         folder = tmp_path / f"answers-{len(apps)}"
         write_small_answers(folder)
         (folder / "clock.md").write_text(answer_text(title="What time is it?", snippets=[CLOCK]))
-        app = create_app({"KB_ANSWERS": str(folder), "KB_DB": str(tmp_path / f"db-{len(apps)}"), "TESTING": True,
+        db = copy_database(small_template, tmp_path / f"db-{len(apps)}")  # the small answers' vectors
+        app = create_app({"KB_ANSWERS": str(folder), "KB_DB": str(db), "TESTING": True,
                           "KB_RUN_MISSING": False, **config})
         apps.append(app)
         return app

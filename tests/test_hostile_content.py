@@ -231,7 +231,7 @@ def test_an_oversized_answer_file_is_refused_at_file_and_line(tmp_path, apps):
     embedding; the other answers are served."""
     apps.append(app := make_app(tmp_path, {"innocent": INNOCENT}))
     (tmp_path / "answers" / "big.md").write_text(answer_text(prose="w" * (2 << 20)))
-    app.extensions["kb"].refresh(force=True)
+    app.extensions["kb"].library.refresh(force=True)
     client = app.test_client()
     assert client.get("/answers/big").status_code == 404
     assert "big.md:1: the file is 2.0 MiB; an answer file may be at most 1 MiB" in client.get("/").get_data(as_text=True)
@@ -295,7 +295,7 @@ def test_old_evidence_with_surrogates_is_cleaned_when_read(tmp_path, apps):
     run(client, "innocent")
     with sqlite3.connect(tmp_path / "kb.sqlite3") as db:
         db.execute("UPDATE evidence SET record = replace(record, 'one and one', 'one \\udcff one')")
-    app.extensions["kb_responses"].items.clear()
+    app.extensions["kb"].responses.items.clear()
     for url in ("/answers/innocent", "/api/answers/innocent"):
         response = client.get(url)
         assert response.status_code == 200 and "one \ufffd one" in response.get_data(as_text=True), url
@@ -362,7 +362,7 @@ def test_the_start_up_run_and_a_posted_run_are_one_run(tmp_path, apps):
     marker = tmp_path / "runs.log"
     apps.append(app := make_app(tmp_path, {"slow": _slow(marker, 2)}, KB_RUN_MISSING="background"))
     assert run(app.test_client(), "slow")["status"] == "passed"
-    app.extensions["kb"].wait_for_evidence(60)
+    app.extensions["kb"].library.wait_for_evidence(60)
     assert marker.read_text() == "run\n"
 
 
@@ -372,9 +372,9 @@ def test_kb_runs_off_runs_nothing_ever(tmp_path, apps, monkeypatch):
     monkeypatch.setenv("KB_RUNS", "off")
     monkeypatch.delenv("KB_RUN_MISSING", raising=False)
     apps.append(app := make_app(tmp_path, {"slow": _slow(marker, 0)}, KB_RUN_MISSING="background"))
-    app.extensions["kb"].wait_for_evidence(60)
+    app.extensions["kb"].library.wait_for_evidence(60)
     (tmp_path / "answers" / "slow.md").write_text(answer_text(snippets=[_slow(marker, 0) + "\nx = 1"]))
-    app.extensions["kb"].refresh(force=True)
+    app.extensions["kb"].library.refresh(force=True)
     client = app.test_client()
     assert client.get("/answers/slow").status_code == 200
     assert client.post("/api/answers/slow/run", json={}).status_code == 403
@@ -452,7 +452,7 @@ def test_symlinks_out_of_the_answers_directory_are_refused(tmp_path, apps):
     apps.append(app := make_app(tmp_path, {"innocent": INNOCENT}))
     (tmp_path / "answers" / "linked.md").symlink_to(outside / "secret.md")
     (tmp_path / "answers" / "environ.md").symlink_to("/proc/self/environ")
-    app.extensions["kb"].refresh(force=True)
+    app.extensions["kb"].library.refresh(force=True)
     client = app.test_client()
     assert client.get("/answers/linked").status_code == 404
     home = client.get("/").get_data(as_text=True)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
 
 import numpy as np
 import pytest
-from helpers import KB, ROOT
+from helpers import KB, ROOT, copy_database
 
 from kb.format.answer import Answer, load_answers
 from kb.render.markdown import render_answer
@@ -61,7 +60,7 @@ SYNTHETIC = [
 def real_lookup(tmp_path_factory, real_evidence):
     answers, _ = load_answers([ROOT / "answers"])
     path = tmp_path_factory.mktemp("lookup") / "kb.sqlite3"
-    shutil.copyfile(real_evidence, path)  # the embeddings are computed once per session
+    copy_database(real_evidence, path)  # the embeddings are computed once per session (WAL included)
     lookup = Lookup(SearchIndex(path), path, shared_embedder())
     lookup.rebuild(answers.values())
     return lookup, answers

@@ -101,6 +101,13 @@ class Store:
         return {a.slug: stored[a.slug][1] if stored.get(a.slug, (None,))[0] == ev.cache_key(a) else "pending"
                 for a in answers}
 
+    def ran_at(self, answers: Iterable[Answer]) -> dict[str, str | None]:
+        """When each answer's current evidence ran (ISO 8601 UTC; None where it has none), in one query."""
+        rows = self.connection().execute("SELECT slug, key, json_extract(record, '$.ran_at') FROM evidence")
+        stored = {slug: (key, ran) for slug, key, ran in rows}
+        return {a.slug: stored[a.slug][1] if stored.get(a.slug, (None,))[0] == ev.cache_key(a) else None
+                for a in answers}
+
     def latest(self, slug: str) -> ev.Evidence | None:
         """The last evidence stored for a slug, whatever code it ran."""
         row = self.connection().execute("SELECT record FROM evidence WHERE slug = ?", (slug,)).fetchone()
