@@ -176,6 +176,11 @@ def test_etags_csp_and_problems_survive_the_proxy(deployed):
         assert status == 304 and body == b"", path
     for path, code in (("/api/answers/no-such-answer", 404), ("/api/search?q=x&limit=%C2%B2", 400)):
         status, headers, body = deployed.request("GET", path)
+        for _ in range(20):  # the module's earlier searches may have spent this address's budget (5/s)
+            if status != 429:
+                break
+            time.sleep(0.25)  # nginx's bucket refills one search every 0.2 s
+            status, headers, body = deployed.request("GET", path)
         assert status == code and headers["Content-Type"] == "application/problem+json", path
         assert json.loads(body)["status"] == code
 
