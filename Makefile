@@ -14,15 +14,17 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Runs answers that have no cached evidence, builds the search index, serves http://127.0.0.1:5000
+# Runs answers that have no cached evidence, builds the search index, serves http://127.0.0.1:$(PORT)
+# (`make run PORT=8000` where 5000 is taken, e.g. by macOS's AirPlay receiver).
+PORT ?= 5000
 run: setup
-	$(PY) -m flask --app service run --host 127.0.0.1 --port 5000
+	$(PY) -m flask --app service run --host 127.0.0.1 --port $(PORT)
 
 test: setup
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -n auto
+	$(PY) -m pytest -n auto --durations=10
 
 # Benchmarks against baselines measured in the same run; writes bench/results.md and a plot.
 bench: setup
@@ -33,7 +35,7 @@ bench: setup
 soak: setup
 	KB_SOAK_SECONDS=$${KB_SOAK_SECONDS:-60} $(PY) -m pytest tests/test_load.py -q -n 0 -p no:logging -s
 
-# gunicorn behind nginx on loopback, as deployed (deploy/, README "Deploying"); needs Debian's nginx.
+# gunicorn behind nginx on loopback, as deployed (deploy/, docs/deploying.md); needs Debian's nginx.
 deploy-local: setup
 	deploy/serve-local.sh $${PORT:-8080}
 

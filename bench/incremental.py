@@ -72,7 +72,7 @@ def service_reload(answers: Path, db: Path) -> dict:
     try:
         started = time.perf_counter()
         app = create_app({"KB_ANSWERS": str(answers), "KB_DB": str(db)})
-        library = app.extensions["kb"]
+        library = app.extensions["kb"].library
         client = app.test_client()
 
         def settle():

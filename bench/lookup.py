@@ -1,10 +1,10 @@
 """Lookup benchmark (issue 9): quality on the test split, latency, memory and start-up.
 
 Quality: top-1, top-3 and MRR on the test split of `tests/lookup_eval/` for the hybrid lookup
-(`kb.search.lookup`), today's ranker (`kb.search.index.SearchIndex.search`, FTS5 BM25 alone) and a plain BM25
+(`kb.search.lookup`), today's ranker (the whole-answer FTS5 BM25 ranker the lookup replaced, `bench/baseline_ranker.py`) and a plain BM25
 (rank-bm25's BM25Okapi over the same fields: title, aliases, summary, tags, body), plus how the
 out-of-scope questions are handled (share answered "not confident"; the BM25 rankers have no
-such notion). Latency: in-process p50/p99 of `Lookup.search` over the test questions with the
+such notion). Latency: in-process p50/p99 of `Lookup.lookup` over the test questions with the
 real answers and with 10,000 synthetic answers (bench/scale.py's generator; their vectors are
 random unit vectors written to the cache, since the cost does not depend on their values), and of
 the lexical stage alone. Memory: RSS added by loading the model and embedding a question, in a
@@ -27,11 +27,14 @@ import numpy as np
 from kb.format.answer import load_answers
 from kb.search import evaluation as lookup_data
 from kb.search.embeddings import DIMENSION, shared_embedder
-from kb.search.index import SearchIndex, clean_body
-from kb.search.lookup import Lookup
+from kb.search.index import SearchIndex
+from kb.search.lookup import Lookup, clean_body
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))            # `from bench import scale` when run as a script
+sys.path.insert(0, str(ROOT / "bench"))  # bench/ is scripts, not a package on the path
+
+from baseline_ranker import WholeAnswerRanker  # noqa: E402  (after the path line above)
 
 TOKEN_RE = re.compile(r"[^\W_]+")
 
@@ -57,6 +60,7 @@ def quality(lookup: Lookup, answers: dict) -> dict:
     docs = [TOKEN_RE.findall(" ".join([a.title, *a.aliases, a.summary, *a.tags, clean_body(a.body)]).lower())
             for a in (answers[s] for s in slugs)]
     bm25 = BM25Okapi(docs)
+    today = WholeAnswerRanker(answers.values())
 
     def plain(question):
         scores = bm25.get_scores(TOKEN_RE.findall(question.lower()))
@@ -64,8 +68,8 @@ def quality(lookup: Lookup, answers: dict) -> dict:
 
     everything = len(answers)
     out = {
-        "ours": _ranks(lambda q: [h["slug"] for h in lookup.search(q, everything)["results"]], inside),
-        "today": _ranks(lambda q: [h["slug"] for h in lookup.index.search(q, everything)], inside),
+        "ours": _ranks(lambda q: [h["slug"] for h in lookup.lookup(q, everything)["results"]], inside),
+        "today": _ranks(lambda q: [h["slug"] for h in today.search(q, everything)], inside),
         "bm25": _ranks(plain, inside),
     }
     from kb.search import fit
@@ -73,8 +77,8 @@ def quality(lookup: Lookup, answers: dict) -> dict:
     weights = lookup.weights
     judged = fit.judge(fit.outcomes(test, fit.plain(test, lookup.cache.database.path), weights), weights)
     out["table"] = fit.table(judged)  # issue 19: precision when confident, coverage, shown-contains-right
-    out["ours"]["inside_not_confident"] = np.mean([not lookup.search(q, 1)["confident"] for q, _ in inside])
-    out["ours"]["outside_not_confident"] = np.mean([not lookup.search(q, 1)["confident"] for q in outside]) if outside else None
+    out["ours"]["inside_not_confident"] = np.mean([not lookup.lookup(q, 1)["confident"] for q, _ in inside])
+    out["ours"]["outside_not_confident"] = np.mean([not lookup.lookup(q, 1)["confident"] for q in outside]) if outside else None
     out["outside"] = len(outside)
     return out
 
@@ -84,7 +88,7 @@ def latency(lookup: Lookup, questions: list[str], passes: int = 3) -> dict:
     for _ in range(passes):
         for question in questions:
             start = time.perf_counter()
-            lookup.search(question, 5)
+            lookup.lookup(question, 5)
             full.append(time.perf_counter() - start)
             start = time.perf_counter()
             lookup.index.candidates(question, 30)
@@ -144,7 +148,7 @@ if sys.argv[3] == "ours":
     from kb.search.embeddings import shared_embedder
     lookup = Lookup(index, sys.argv[2], shared_embedder())
     lookup.rebuild(answers.values())
-    lookup.search("why subtract the max before exponentiating", 5)
+    lookup.lookup("why subtract the max before exponentiating", 5)
 print(json.dumps({"seconds": time.perf_counter() - start, "index_seconds": today, "rss_before_kib": before,
                   "rss_after_kib": rss()}))
 """

@@ -2,8 +2,9 @@
 
 1. runner overhead (bench/overhead.py, in a fresh process), 2. serving under wrk
 (bench/serving.py), 3. lookup at scale (bench/scale.py), 4. incremental work
-(bench/incremental.py). Run order: 4 first (its first `kb check` makes the database that 2
-serves), then 2, 1, 3, 5. Every figure is a ratio or a latency measured in this run on this
+(bench/incremental.py), 5. lookup (bench/lookup.py), 6. `kb audit` cold and warm
+(bench/audit.py). Run order: 4 first (its first `kb check` makes the database that 2
+serves), then 2, 1, 3, 5, 6. Every figure is a ratio or a latency measured in this run on this
 machine; the tables are printed on stdout as well.
 
 `python bench/run.py --report` renders results.md and the plot again from bench/results.json
@@ -34,7 +35,7 @@ from bench.common import PYTHON, SNIPPET_ENV, env, log, median, percentile  # no
 
 os.environ.update(SNIPPET_ENV)
 
-from bench import incremental, lookup, overhead, scale, search_mix, serving  # noqa: E402
+from bench import audit, incremental, lookup, overhead, scale, search_mix, serving  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.md"
 PLOT = ROOT / "bench" / "results.png"
@@ -129,7 +130,7 @@ def plot(r1: dict, r2: dict, r3: dict) -> None:
     ax.legend(fontsize=8, loc="lower right")
 
     ax = axes[1][1]
-    for key, label, source in (("search_ms", "SearchIndex.search", lambda n: r3[n]),
+    for key, label, source in (("search_ms", "SearchIndex.candidates", lambda n: r3[n]),
                                ("api_ms", "GET /api/search (test client)", lambda n: r3[n])):
         ax.plot(sizes, [percentile(source(n)[key], 50) for n in sizes], marker="o", label=f"{label} p50")
         ax.plot(sizes, [percentile(source(n)[key], 99) for n in sizes], marker="o", ls=":", label=f"{label} p99")
@@ -166,11 +167,14 @@ def measure_all() -> dict:
         r5 = lookup.run(tuple(n for n in sizes if n >= 10_000) or (max(sizes),))
         log("search mix: /api/search under wrk, Zipf over the evaluation set's questions, against the floor")
         r6 = search_mix.run(rounds=max(1, rounds - 1))
+        r7 = audit.run(work)
+        r7.pop("cold", None)  # every check's audit: not kept in results.json
     finally:
         shutil.rmtree(work, ignore_errors=True)
     info["minutes"] = (time.monotonic() - started) / 60
     info["date"] = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
-    raw = {"machine": info, "overhead": r1, "serving": r2, "scale": r3, "incremental": r4, "lookup": r5, "search_mix": r6}
+    raw = {"machine": info, "overhead": r1, "serving": r2, "scale": r3, "incremental": r4, "lookup": r5,
+           "search_mix": r6, "audit": r7}
     RAW.write_text(json.dumps(raw), encoding="utf-8")
     return raw
 
@@ -189,6 +193,8 @@ def main() -> int:
         reports.append((lookup.report, raw["lookup"]))
     if "search_mix" in raw:
         reports.append((search_mix.report, raw["search_mix"]))
+    if "audit" in raw:
+        reports.append((audit.report, raw["audit"]))
     for report, result in reports:
         text, met = report(result)
         sections.append(text)

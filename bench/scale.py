@@ -8,9 +8,9 @@ bigger vocabulary), in sentences, paragraphs, headings and `$…$` formulas. No 
 
 Each size is measured in a fresh process (`python -m bench.scale measure DIR BUILDS PASSES`):
 `create_app` (KB_RUN_MISSING false, fresh database) with its phases timed where they are called
-(loading, parsing, YAML, index build, body cleaning, digests), the process's RSS before and
-after, `/api/search` latency through Flask's test client and `SearchIndex.search` latency
-directly, and the index build again on fresh databases.
+(loading, parsing, YAML, index build, documents, digests), the process's RSS before and
+after, `/api/search` latency through Flask's test client and the index's lexical stage
+(`SearchIndex.candidates`) directly, and the index build again on fresh databases.
 """
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ WORD_RE = re.compile(r"[A-Za-z][a-z]+")
 def _corpus():
     """Word frequencies of the real answers' indexed prose, and their tags."""
     from kb.format.answer import load_answers
-    from kb.search.index import STOP_WORDS, clean_body
+    from kb.search.index import STOP_WORDS
+    from kb.search.lookup import clean_body
 
     answers, _ = load_answers([ROOT / "answers"])
     counts: dict[str, int] = {}
@@ -250,7 +251,7 @@ def measure(directory: Path, builds: int, passes: int) -> dict:
     timers.wrap(yaml, "safe_load", "yaml")
     timers.wrap(yaml, "load", "yaml")
     timers.wrap(SearchIndex, "rebuild", "index build")
-    timers.wrap(kb.search.index, "document", "clean_body")
+    timers.wrap(kb.search.index, "document", "document")
     timers.wrap(kb.search.index, "digest", "digests")
     before = _rss_kib()
     with scratch as tmp:
@@ -260,7 +261,7 @@ def measure(directory: Path, builds: int, passes: int) -> dict:
         create_s = time.perf_counter() - started
         after = _rss_kib()
         phases = dict(timers.seconds)
-        library = application.extensions["kb"]
+        library = application.extensions["kb"].library
         client = application.test_client()
         statuses = set()
 
@@ -268,8 +269,8 @@ def measure(directory: Path, builds: int, passes: int) -> dict:
             statuses.add(client.get("/api/search", query_string={"q": q}).status_code)
 
         api_ms = _latencies(get, qs, passes)
-        search_ms = _latencies(lambda q: library.index.search(q, 5), qs, passes)
-        count = "SELECT count(*) FROM search_fts WHERE search_fts MATCH ? AND slug IS NOT NULL"
+        search_ms = _latencies(lambda q: library.index.candidates(q, 30), qs, passes)  # the lexical stage
+        count = "SELECT count(*) FROM search_short WHERE search_short MATCH ? AND slug IS NOT NULL"
         matches = [library.index.connection().execute(count, (e,)).fetchone()[0]
                    for e in map(match_expression, qs) if e is not None]
         # The change check a request triggers at most once a second: list and stat every file.
@@ -341,12 +342,12 @@ def report(results: dict) -> tuple[str, dict]:
         "is measured in a fresh process. Index build: `SearchIndex.rebuild` on a fresh database, the one "
         "inside `create_app` and again (median, min–max of 3 builds at 1,000, 2 at 10,000). Search: 101 "
         "queries (titles with a word dropped, random words, `why average dW`), 3 passes at 1,000, 2 at "
-        "10,000, p50 / p99; `SearchIndex.search` directly and `GET /api/search` through Flask's test client "
+        "10,000, p50 / p99; the lexical stage `SearchIndex.candidates` directly and `GET /api/search` through Flask's test client "
         "(`KB_RUN_MISSING` false; requests also run the service's once-a-second change check). Memory: VmRSS "
         "after `create_app` (its increase over the process after its imports).",
         "",
         table(["answers", "corpus, MB", "index build, s", "DB, MB", "answers matched per query (median)",
-               "search(), ms p50 / p99", "/api/search, ms p50 / p99", "RSS after create_app, MB",
+               "candidates(), ms p50 / p99", "/api/search, ms p50 / p99", "RSS after create_app, MB",
                "create_app, s"], rows),
         "",
     ]
@@ -367,19 +368,19 @@ def report(results: dict) -> tuple[str, dict]:
         f"| index build at {at} under 5 s | {median(big['build_s']):.2f} s | "
         f"{verdict(targets[f'index build at {at} < 5 s'])} |",
         f"| search p50 at {at} under 2 ms in-process | `/api/search` {percentile(big['api_ms'], 50):.2f} ms, "
-        f"`search()` {percentile(big['search_ms'], 50):.2f} ms | "
+        f"`candidates()` {percentile(big['search_ms'], 50):.2f} ms | "
         f"{verdict(targets[f'search p50 at {at} < 2 ms in-process (/api/search)'])} |",
         f"| build no worse than linear | ×{build_ratio:.1f} build time for ×{size_ratio:.0f} answers | "
         f"{verdict(targets['index build grows no worse than linearly'])} |",
-        f"| query latency flat-ish | p50 ×{search_ratio:.1f} (`search()`), ×{api_ratio:.1f} (`/api/search`) "
+        f"| query latency flat-ish | p50 ×{search_ratio:.1f} (`candidates()`), ×{api_ratio:.1f} (`/api/search`) "
         f"for ×{size_ratio:.0f} answers | {'**no**' if search_ratio > 3 else 'yes'} |",
         "",
         "Search time follows the number of answers a query matches: the query's words are OR-ed, so common "
         f"words match most answers (median {big['matches']:,.0f} of {at} per query here), and every match is "
-        "scored before the best 5 are kept (kb/search/index.py `SearchIndex.search`).",
+        "scored before the best 30 are kept (kb/search/index.py `SearchIndex.candidates`).",
         "",
         "Where `create_app`'s time goes, in seconds, timed where each function is called during `create_app` "
-        "(nested: YAML is part of parsing, parsing part of loading; body cleaning and the answers' digests are part "
+        "(nested: YAML is part of parsing, parsing part of loading; the answers' documents and digests are part "
         "of the index build). \"Beyond parsing\" is what `load_answers` did besides parsing (the `related` "
         "check). The last column is the change check a request triggers at most once a second "
         "(`Library._files`: list and stat every answer file).",
@@ -393,11 +394,11 @@ def report(results: dict) -> tuple[str, dict]:
                      f"{p['load_answers']:.1f}", f"{p['parse']:.1f}", f"{p['yaml']:.1f}",
                      (f"{r['load_projected_s']:.1f} projected \\*" if r["patched"] else
                       f"{p['load_answers'] - p['parse']:.2f}"),
-                     f"{p['index build']:.2f}", f"{p['clean_body']:.2f}", f"{p['digests']:.2f}",
+                     f"{p['index build']:.2f}", f"{p['document']:.2f}", f"{p['digests']:.2f}",
                      f"{r['create_s'] - p['load_answers'] - p['index build']:.2f}", f"{r['files_ms']:.1f}"])
     lines += [
         table(["answers", "create_app", "load_answers", "parsing", "YAML", "beyond parsing",
-               "index build", "clean_body", "digests", "rest", "change check, ms"], rows),
+               "index build", "document", "digests", "rest", "change check, ms"], rows),
         "",
     ]
     def beyond(n):  # seconds load_answers spends beyond parsing, measured, or projected when patched

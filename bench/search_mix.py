@@ -77,7 +77,7 @@ def lua_script(paths: list[str], weights: np.ndarray, seed: int = 1) -> str:
 
 
 def in_process(paths_questions: list[str], weights: np.ndarray, requests: int = 3000) -> dict:
-    """p50/p99 of Lookup.search over the mix, with the question-embedding cache and without it."""
+    """p50/p99 of Lookup.lookup over the mix, with the question-embedding cache and without it."""
     from kb.search.fit import build
 
     lookup = build(SEED_DB)
@@ -92,7 +92,7 @@ def in_process(paths_questions: list[str], weights: np.ndarray, requests: int = 
             times = []
             for i in picks:
                 start = time.perf_counter()
-                lookup.search(paths_questions[i], 5)
+                lookup.lookup(paths_questions[i], 5)
                 times.append(time.perf_counter() - start)
         finally:
             lk.QUERY_CACHE = saved

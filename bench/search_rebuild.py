@@ -39,22 +39,22 @@ def real(work: Path) -> dict:
     library = Library(answers, db, embed_in_background=True)
     out["create_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    found = library.search("my cost becomes nan", 5)
+    found = library.lookup("my cost becomes nan", 5)
     out["first_search_s"] = time.perf_counter() - start
     out["first_search_ready"] = found["ready"]
-    assert library.lookup.wait(timeout=3600)
+    assert library.lookup_engine.wait(timeout=3600)
     out["semantic_ready_s"] = time.perf_counter() - start + out["first_search_s"]
-    out["cold_embedded"] = library.lookup.status.embedded
+    out["cold_embedded"] = library.lookup_engine.status.embedded
     edits = []
     for n in range(3):
         edit(answers / "gradient-averaging.md", n)
         start = time.perf_counter()
         library.refresh(force=True)
         returned = time.perf_counter() - start
-        assert library.lookup.wait(timeout=600)
+        assert library.lookup_engine.wait(timeout=600)
         edits.append({"refresh_s": returned, "searchable_s": time.perf_counter() - start})
     out["edits"] = edits
-    out["edit_embedded_last"] = library.lookup.status.embedded - out["cold_embedded"]
+    out["edit_embedded_last"] = library.lookup_engine.status.embedded - out["cold_embedded"]
     library.close()
     return out
 

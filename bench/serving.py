@@ -1,6 +1,6 @@
 """Benchmark 2: serving under wrk, the service against a canned-bytes Flask floor.
 
-Both run under the README's gunicorn command (`-w 2 -k gthread --threads 8`) on loopback; the
+Both run under the gunicorn command of docs/service.md (`-w 2 -k gthread --threads 8`) on loopback; the
 service with KB_ANSWERS=answers and KB_DB a copy of a database that already holds every
 answer's evidence, the floor (bench/floor_app.py) with the bytes the service returned for the
 same paths. Each path is measured with `wrk -t2 -c32 -d10s --latency` in ABBA order
@@ -56,7 +56,7 @@ def free_port() -> int:
 
 
 class Server:
-    """One gunicorn with the README's flags, started and stopped by us (its pid only)."""
+    """One gunicorn with docs/service.md's flags, started and stopped by us (its pid only)."""
 
     def __init__(self, target: str, extra_env: dict, logfile: Path):
         self.port = free_port()
@@ -126,7 +126,7 @@ def run(db_seed: Path, rounds: int = 2) -> dict:
     work = Path(tempfile.mkdtemp(prefix="kb-bench-serve-"))
     db = work / "kb.sqlite3"
     shutil.copyfile(db_seed, db)
-    # As the README says: prepare the database with `kb check` (everything cached: nothing runs).
+    # As docs/deploying.md says: prepare the database with `kb check` (everything cached: nothing runs).
     check = subprocess.run([PYTHON, "-m", "kb", "check", "--db", str(db), "answers"], cwd=ROOT, env=env(),
                            capture_output=True, text=True)
     ran = [line for line in check.stdout.splitlines() if line.startswith("[") and not line.rstrip().endswith("cached")]
@@ -239,7 +239,7 @@ def report(r: dict) -> tuple[str, dict]:
         "## 2. Serving: requests/s and latency under wrk",
         "",
         f"`wrk {' '.join(WRK_ARGS)}` on loopback against `gunicorn -w 2 -k gthread --threads 8` "
-        "(the README's command) serving `service:create_app()` with `KB_ANSWERS=answers` and `KB_DB` a "
+        "(docs/service.md's command) serving `service:create_app()` with `KB_ANSWERS=answers` and `KB_DB` a "
         f"temporary copy of a database holding every answer's evidence (prepared with `python -m kb check "
         f"--db …`: {r['prepare_ran']} answer(s) ran, the rest cached), versus the same gunicorn command "
         "serving `bench/floor_app.py`, a minimal Flask view that returns the bytes the service returned "

@@ -1,4 +1,4 @@
-"""Slow clients against the README's gunicorn command, direct and behind nginx (deploy/).
+"""Slow clients against the gunicorn command of docs/service.md, direct and behind nginx (deploy/).
 
 Both serve the same few answers from a database built by `kb check`. For each, normal GETs run
 back to back for a while alone, then while SLOW connections send their request headers one line
@@ -125,7 +125,7 @@ def main() -> int:
         paths = PATHS
 
         direct_port, proxy_port, upstream_port = free_port(), free_port(), free_port()
-        direct = subprocess.Popen(  # the README's production command, alone
+        direct = subprocess.Popen(  # docs/service.md's production command, alone
             [PYTHON, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "8", "-b", f"127.0.0.1:{direct_port}",
              "--no-control-socket", "service:create_app()"], cwd=ROOT, env=settings, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -46,7 +46,7 @@ check("{p[check]}", abs(x.mean()) < 0.1, x.mean())
 
 {p[caveat]}
 '''
-CHECK_COMMAND = ".venv/bin/python -m kb check"  # as README writes it, so `kb new`'s hint works pasted
+CHECK_COMMAND = ".venv/bin/python -m kb check"  # as docs/writing-answers.md writes it, so `kb new`'s hint works pasted
 SUMMARY_WORDS = 40  # the contract's "one or two sentences": a summary longer than this is a paragraph
 
 

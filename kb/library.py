@@ -16,8 +16,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -26,7 +28,7 @@ from typing import Any
 from kb.format.answer import Answer, FormatError, load_answers, parse_answer
 from kb.format.draft import is_draft
 from kb.render.markdown import Rendered, render_answer
-from kb.run.checker import check_all, evidence_for
+from kb.run.checker import evidence_for
 from kb.run.limits import Limits, cut_short
 from kb.run.runner import Runner
 from kb.search.embeddings import Embedder, shared_embedder
@@ -69,8 +71,8 @@ class Library:
         self.index = SearchIndex(db_path)
         # Checks the model file against its pinned hash first: a bad file stops start-up here.
         # Without `semantic` (the static export, whose search is lexical) the model is never loaded.
-        self.lookup: Lookup | None = (Lookup(self.index, db_path, embedder or shared_embedder(model_file))
-                                      if semantic else None)
+        self.lookup_engine: Lookup | None = (Lookup(self.index, db_path, embedder or shared_embedder(model_file))
+                                             if semantic else None)
         self.embed_in_background = embed_in_background
         self.limits = limits or Limits()
         self.watch_interval = watch_interval
@@ -84,6 +86,13 @@ class Library:
         self.run_changed = run_changed
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-evidence")
         self._first_run: Future[int] | None = None
+        # One run of an answer at a time in this process, whoever starts it (a request, the
+        # start-up run, a re-run after an edit); `waiting` counts who waits for one under way.
+        self._run_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._run_locks_lock = threading.Lock()
+        self.waiting = 0
+        self._healing, self._healed_seen = False, 0
+        self._health: tuple[float, list[str]] = (-1e9, [])
         self.refresh(force=True)
 
     @property
@@ -167,14 +176,15 @@ class Library:
         # is held while the worker runs (`Lookup.submit`: single flight, the newest answers win).
         # Drafts (still holding `kb new`'s placeholders) are not searched.
         searchable = [a for a in answers.values() if not is_draft(a)]
-        if self.lookup is None:
+        engine = self.lookup_engine
+        if engine is None:
             self.index.rebuild(searchable)
         elif first and not self.embed_in_background:
-            self.lookup.wait(self.lookup.submit(searchable))  # `KB_RUN_MISSING=wait|off`: ready on return
+            engine.wait(engine.submit(searchable))  # `KB_RUN_MISSING=wait|off`: ready on return
         else:
             if first:
                 self.index.rebuild(searchable)  # the lexical fallback is current at once (milliseconds)
-            self.lookup.submit(searchable)
+            engine.submit(searchable)
         for error in errors:
             log.warning("%s", error)
         if self.run_changed and edited:
@@ -182,8 +192,56 @@ class Library:
         return True
 
     def evidence(self, answer: Answer) -> ev.Evidence:
-        """The cached evidence for the answer's current code, or a `pending` record."""
-        return self.store.get(answer) or ev.pending(answer)
+        """The cached evidence for the answer's current code, or a `pending` record. A record the
+        store had to drop (unreadable) is derived again in the background, where runs are on."""
+        found = self.store.get(answer)
+        if found is None and len(self.store.healed) != self._healed_seen and self.run_changed and not self._healing:
+            self._healing, self._healed_seen = True, len(self.store.healed)
+            self._background.submit(self._heal)
+        return found or ev.pending(answer)
+
+    def _heal(self) -> None:
+        try:
+            self.run_missing()
+        finally:
+            self._healing = False
+
+    def health(self) -> list[str]:
+        """What is wrong with the store now, as sentences (empty: nothing): unreadable records,
+        and records dropped as unreadable since this process started."""
+        problems = []
+        unreadable = self.store.unreadable()
+        if unreadable:
+            problems.append(f"{len(unreadable)} evidence record(s) unreadable: {', '.join(sorted(unreadable)[:10])}")
+            for slug in unreadable:
+                self.store.drop(slug, "not valid JSON")
+        answers = self.answers
+        waiting = sorted(slug for slug in set(self.store.healed)
+                         if slug in answers and self.store.get(answers[slug]) is None)
+        if waiting:
+            problems.append(f"{len(waiting)} unreadable evidence record(s) dropped, not derived again yet: "
+                            f"{', '.join(waiting[:10])}")
+        return problems
+
+    def health_cached(self, every: float = 10.0) -> list[str]:
+        """`health()`, looked at most once per `every` seconds (it reads the whole evidence table)."""
+        now = time.monotonic()
+        if now - self._health[0] >= every:
+            self._health = (now, self.health())
+        return self._health[1]
+
+    @contextmanager
+    def run_lock(self, slug: str, wait: bool = True) -> Iterator[bool]:
+        """Hold the answer's run lock (True), or, with `wait=False` and a run under way, yield False."""
+        with self._run_locks_lock:
+            lock = self._run_locks[slug]
+        if not lock.acquire(blocking=wait):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
 
     def stamp(self, answer: Answer) -> int | None:
         """When the answer's current evidence was stored (None: pending): a cheap cache key."""
@@ -197,21 +255,31 @@ class Library:
         """A figure's SVG from the answer's stored evidence."""
         return self.store.figure(answer.slug, name)
 
-    def search(self, query: str, limit: int = 5) -> dict[str, Any]:
+    def lookup(self, query: str, limit: int = 5) -> dict[str, Any]:
         """{"confident", "fit", "ready", "shown", "results"}: the answers best first, each with its
         best section (kb.search.lookup). Without the semantic stage: the lexical one, never confident."""
-        if self.lookup is None:
+        if self.lookup_engine is None:
             hits = self.index.candidates(query, limit)
             answers = self.answers
             results = [{"slug": s, "title": answers[s].title, "summary": answers[s].summary, "score": 0.0,
                         "section": {"anchor": "", "title": answers[s].title}} for s, _ in hits if s in answers]
             return {"confident": False, "fit": "none", "ready": False, "shown": min(3, len(results)), "results": results}
-        return self.lookup.search(query, limit)
+        return self.lookup_engine.lookup(query, limit)
 
     def run(self, answer: Answer) -> ev.Evidence:
-        """Run the answer now (ignoring the cache) and store the fresh evidence."""
+        """Run the answer now (ignoring the cache) and store the fresh evidence. The caller holds
+        `run_lock(answer.slug)`."""
         evidence, _ = evidence_for(answer, self.runner, self.store, use_cache=False)
         return evidence
+
+    def _run_if_missing(self, answer: Answer) -> ev.Evidence | None:
+        """Run the answer unless its evidence is stored meanwhile (under its run lock: a run a
+        request started is waited for, never repeated alongside)."""
+        with self.run_lock(answer.slug):
+            cached = self.store.get(answer)
+            if cached is not None and not cut_short(cached, self.limits):
+                return None
+            return self.run(answer)
 
     def run_missing_in_background(self) -> Future[int]:
         """Start running the missing evidence off the request path: the service answers at once
@@ -237,7 +305,9 @@ class Library:
             if progress and missing:
                 log.info("running %d answer(s) without evidence; their pages say 'evidence pending' until it arrives",
                          len(missing))
-            done = check_all(missing, self.runner, self.store, jobs=jobs)
-            for number, (answer, evidence, _) in enumerate(done, 1):
-                log.info("[%*d/%d] %-8s %s", len(str(len(missing))), number, len(missing), evidence["status"], answer.slug)
+            with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+                done = pool.map(self._run_if_missing, missing)
+                for number, (answer, evidence) in enumerate(zip(missing, done, strict=True), 1):
+                    status = "ran" if evidence is None else evidence["status"]
+                    log.info("[%*d/%d] %-8s %s", len(str(len(missing))), number, len(missing), status, answer.slug)
         return len(missing)

@@ -1,14 +1,9 @@
 """The Flask service: HTML pages for people and a JSON API for programs, over one Library.
 
-`create_app(config)` follows Flask's app-factory habit. Configuration (keys or environment):
-KB_ANSWERS (answers directory), KB_DB (SQLite file), KB_TIMEOUT (seconds per answer run),
-KB_MEMORY_MB and KB_OUTPUT_KIB (the runner's other limits),
-KB_MAX_RUNS (re-runs at once per process), KB_RUN_MISSING (answers without cached evidence at
-start-up: `background`, the default, runs them while the service already answers; `wait` runs
-them before `create_app` returns; `off` leaves them pending),
-KB_RUNS (re-runs on or off), KB_RUN_COOLDOWN (seconds a finished run is returned instead of
-re-running), KB_SECRET_KEY (signs the run form's token; see `guard.py`),
-KB_MODEL_FILE (the embedding model file; it must match the pinned SHA-256, see kb.search.embeddings).
+`create_app(config)` follows Flask's app-factory habit. Its settings (`KB_ANSWERS`, `KB_DB`,
+`KB_RUNS`, `KB_TRUSTED_HOSTS`, ...: every key, its default and its meaning are in docs/settings.md)
+come from the environment, then from the `config` dict, both read by the parsers of `kb.settings`;
+the parsed `Settings` are the app's, in its one state object (`service.context.state(app)`).
 """
 from __future__ import annotations
 
@@ -16,116 +11,80 @@ import logging
 import os
 import threading
 
-from flask import Flask, g, request
+from flask import Flask, g
 from flask.json.provider import DefaultJSONProvider
 
 from kb.library import Library
-from kb.run.limits import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_KIB, Limits
 from kb.run.runner import clean_up_on_sigterm
+from kb.settings import Settings
 from kb.store.gaps import Gaps
 
-from . import guard
+from . import guard, headers, metrics
 from .api import api
-from .knowledge import ResponseCache
+from .context import KbState
+from .logs import JsonFormatter
 from .pages import pages
 from .problems import register_error_handlers
-
-DEFAULTS = {
-    "KB_ANSWERS": "answers",
-    "KB_DB": ".kb/kb.sqlite3",
-    "KB_TIMEOUT": Limits.timeout,
-    "KB_MEMORY_MB": DEFAULT_MEMORY_MB,
-    "KB_OUTPUT_KIB": DEFAULT_OUTPUT_KIB,
-    "KB_MAX_RUNS": 2,
-    "KB_RUN_MISSING": "background",
-    "KB_STATIC": False,
-    "KB_RUNS": True,
-    "KB_RUN_COOLDOWN": 10.0,
-    "KB_SECRET_KEY": "",
-    "KB_MODEL_FILE": "",  # the embedding model; default: the pinned package's file (kb.search.embeddings)
-}
-
-CONDITIONAL = {"HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE"}  # what can turn a 200 into a 304
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
-       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+from .responses import ResponseCache
 
 
-RUN_MISSING = {"background": "background", "true": "background", "1": "background", "yes": "background",
-               "wait": "wait", "off": "off", "false": "off", "0": "off", "no": "off"}
-
-
-def _show_progress() -> None:
-    """Start-up progress ("[5/23] passed relu-vs-sigmoid") on stderr, unless logging is set up."""
+def _set_up_logging(log_format: str, progress: bool) -> None:
+    """The `kb` logger's records on stderr: start-up progress ("[5/23] passed relu-vs-sigmoid") as
+    text unless logging is set up already; with KB_LOG_FORMAT=json, always as JSON lines, and
+    Flask's (the app logger `service`: unhandled exceptions) too."""
     logger = logging.getLogger("kb")
-    if not logger.handlers and not logging.getLogger().handlers:
+    if log_format == "json":
+        for json_logger in (logger, logging.getLogger(__name__)):  # the library's, and Flask's errors
+            if not any(isinstance(h.formatter, JsonFormatter) for h in json_logger.handlers):
+                handler = logging.StreamHandler()
+                handler.setFormatter(JsonFormatter())
+                json_logger.addHandler(handler)
+                json_logger.propagate = False  # once, as JSON: not again through a text root handler
+            json_logger.setLevel(logging.INFO)
+    elif progress and not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("kb: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
 
 
-def _setting(text: str | None, default: object) -> object:
-    """A setting from the environment, of its default's type (a flag: 1/true/yes)."""
-    if text is None:
-        return default
-    if isinstance(default, bool):
-        return text.lower() in ("1", "true", "yes")
-    if isinstance(default, int | float):
-        return type(default)(text)
-    return text
-
-
 def create_app(config: dict | None = None) -> Flask:
+    """The service over the settings of the environment, overridden by `config`'s (raises
+    `kb.settings.SettingError`, naming the key, for a value that does not parse)."""
+    settings = Settings.load(os.environ, config or {})
     app = Flask(__name__)
-    for key, default in DEFAULTS.items():
-        app.config[key] = _setting(os.environ.get(key), default)
-    app.config.update(config or {})
+    app.config.update(config or {})  # Flask's own keys (TESTING, ...)
+    app.config.update(settings.as_config())  # KB_* parsed: templates read config.KB_STATIC
+    app.config["TRUSTED_HOSTS"] = settings.flask_trusted_hosts  # any other Host: 400 (issue 20)
     app.json = DefaultJSONProvider(app)  # typed: the attributes below are DefaultJSONProvider's
     app.json.sort_keys = False
     app.json.ensure_ascii = False
 
-    limits = Limits.of(app.config["KB_TIMEOUT"], app.config["KB_MEMORY_MB"], app.config["KB_OUTPUT_KIB"])
-    run_missing = RUN_MISSING.get(str(app.config["KB_RUN_MISSING"]).lower())
-    if run_missing is None:
-        raise ValueError(f"KB_RUN_MISSING must be one of {', '.join(RUN_MISSING)}, not {app.config['KB_RUN_MISSING']!r}")
-    app.config["KB_RUN_MISSING"] = run_missing  # background | wait | off, whatever spelling was given
-    library = Library(app.config["KB_ANSWERS"], app.config["KB_DB"], limits,
-                      run_changed=run_missing != "off" and not app.config["KB_STATIC"],
-                      model_file=app.config["KB_MODEL_FILE"] or None, embed_in_background=run_missing == "background",
-                      semantic=not app.config["KB_STATIC"])  # the export's search is lexical: no model
+    run_missing = settings.run_missing
+    library = Library(settings.answers, settings.db, settings.limits,
+                      run_changed=run_missing != "off" and not settings.static,
+                      model_file=settings.model_file or None, embed_in_background=run_missing == "background",
+                      semantic=not settings.static)  # the export's search is lexical: no model
+    _set_up_logging(settings.log_format, progress=run_missing == "background")
     if run_missing == "background":
-        _show_progress()
         library.run_missing_in_background()
     elif run_missing == "wait":
         library.run_missing()
-    app.extensions["kb"] = library
-    app.extensions["kb_responses"] = ResponseCache()  # this app's pages only
-    app.extensions["kb_gaps"] = Gaps(app.config["KB_DB"])
-    app.extensions["kb_runs"] = threading.BoundedSemaphore(int(app.config["KB_MAX_RUNS"]))
+    app.extensions["kb"] = KbState(settings=settings, library=library, gaps=Gaps(settings.db),
+                                   run_key=guard.run_key(settings.secret_key, settings.db),
+                                   run_slots=threading.BoundedSemaphore(settings.max_runs),
+                                   metrics=metrics.init_app(app), responses=ResponseCache())
 
     app.register_blueprint(pages)
     app.register_blueprint(api)
     register_error_handlers(app)
     guard.init_app(app)
+    headers.init_app(app)
     clean_up_on_sigterm()  # `make run`: a SIGTERM stops the fork server and removes its files
 
     @app.before_request
     def notice_edited_answers():
         library.refresh()
         g.kb_snapshot = library.snapshot  # what this request reads, whatever reloads meanwhile
-
-    @app.after_request
-    def harden(response):
-        response.headers.setdefault("Content-Security-Policy", CSP)  # figures set their own
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
-        if request.method in ("GET", "HEAD") and response.status_code == 200 and not response.is_streamed:
-            if "ETag" not in response.headers:
-                response.add_etag()
-            if CONDITIONAL.intersection(request.environ):  # only then is there anything to compare
-                response = response.make_conditional(request)
-        return response
 
     return app

@@ -4,13 +4,18 @@ from __future__ import annotations
 import json
 import re
 
-from flask import Blueprint, Response, abort, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, abort, jsonify, request
 
+from kb import version
 from kb.render.markdown import Html, highlight_python
 
-from .guard import allow_run, run_or_reuse
-from .knowledge import answer_or_404, answer_response, library, listing, public_evidence, snapshot
+from .context import answer_or_404, library, snapshot
+from .guard import allow_run
+from .lookup import lookup
 from .openapi import spec
+from .responses import answer_response
+from .runs import run_or_reuse
+from .serialize import fields, listing, public_evidence
 
 api = Blueprint("api", __name__)
 FIGURE_NAME = r"\d+-\d+\.svg"
@@ -19,7 +24,12 @@ FIGURE_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
 @api.get("/healthz")
 def healthz():
-    return jsonify(status="ok", answers=len(snapshot().answers))
+    """`ok`, or `degraded` with the problems found (and healed) in the stored evidence; the
+    service's version either way."""
+    problems = library().health_cached()
+    if problems:
+        return jsonify(status="degraded", answers=len(snapshot().answers), version=version(), problems=problems)
+    return jsonify(status="ok", answers=len(snapshot().answers), version=version())
 
 
 @api.get("/api/answers")
@@ -36,10 +46,7 @@ def answer(slug):
     found = answer_or_404(slug)
 
     def make(evidence):
-        return json.dumps({"slug": found.slug, "title": found.title, "summary": found.summary, "tags": found.tags,
-                           "topic": found.topic,
-                           "aliases": found.aliases, "related": found.related, "sources": found.sources,
-                           "html": body_html(found), "evidence": public_evidence(evidence)},
+        return json.dumps({**fields(found), "html": body_html(found), "evidence": public_evidence(evidence)},
                           ensure_ascii=False, allow_nan=False)
 
     return answer_response("json", found, make, "application/json")
@@ -86,20 +93,6 @@ def search():
     found = lookup(query, int(raw_limit))
     return jsonify(query=query, confident=found["confident"], fit=found["fit"], ready=found["ready"],
                    results=found["results"])
-
-
-def lookup(query: str, limit: int) -> dict:
-    """{"confident", "fit", "ready", "shown", "results"}: each result's `url` opens its answer at
-    the top (title, summary, short answer in view); `section` names the best-matching section, for
-    a "jump to" link. A question without a confident answer is counted in the store's gaps
-    (`kb gaps`), unless the semantic stage was not ready to judge it."""
-    found = library().search(query, limit)
-    found["results"] = [{"slug": hit["slug"], "title": hit["title"], "summary": hit["summary"], "score": hit["score"],
-                         "url": url_for("pages.answer", slug=hit["slug"]),
-                         "section": hit["section"]} for hit in found["results"]]
-    if not found["confident"] and found["ready"] and not current_app.config["KB_STATIC"]:
-        current_app.extensions["kb_gaps"].record(query)
-    return found
 
 
 @api.get("/api/openapi.json")

@@ -16,8 +16,9 @@ from .export import ExportError, build
 def add_build(commands) -> dict:
     parser = commands.add_parser("build", help="write the knowledge base as static HTML")
     parser.add_argument("outdir", help="output directory: new, empty, or an earlier export (which is replaced)")
-    parser.add_argument("--answers", default=cli.DEFAULT_ANSWERS, help=f"answers directory (default: {cli.DEFAULT_ANSWERS})")
-    parser.add_argument("--db", default=cli.DEFAULT_DB, help=f"SQLite evidence cache (default: {cli.DEFAULT_DB})")
+    defaults = cli.shared_settings()
+    parser.add_argument("--answers", default=defaults.answers, help=f"answers directory (default: {defaults.answers})")
+    parser.add_argument("--db", default=defaults.db, help=f"SQLite evidence cache (default: {defaults.db})")
     return {"build": cmd_build}
 
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 from kb.format.topics import TOPICS
 
-from . import CSP, create_app
+from . import create_app
+from .context import state
+from .headers import CSP
 
 LINK_RE = re.compile(r'(?P<attr>href|src|action)="(?P<url>/[^"]*)"')
 MARKER = ".kb-export"
@@ -50,7 +52,7 @@ def build(answers_dir, db_path, outdir) -> tuple[int, list]:
     out = check_target(outdir, answers_dir)
     app = create_app({"KB_ANSWERS": str(answers_dir), "KB_DB": str(db_path), "KB_STATIC": True,
                       "KB_RUN_MISSING": "wait"})
-    library = app.extensions["kb"]
+    library = state(app).library
     try:
         client = app.test_client()
         answers = sorted(library.answers.values(), key=lambda a: a.slug)
@@ -61,6 +63,7 @@ def build(answers_dir, db_path, outdir) -> tuple[int, list]:
                  "/static/fonts/OFL.txt": "static/fonts/OFL.txt", "/api/answers": "api/answers.json"}
         files.update({f"/answers/{a.slug}": f"answers/{a.slug}.html" for a in answers})
         files.update({f"/api/answers/{a.slug}": f"api/answers/{a.slug}.json" for a in answers})
+        files.update({f"/answers/{a.slug}.ipynb": f"answers/{a.slug}.ipynb" for a in answers})
         files.update({f"/tags/{t}": f"tags/{t}.html" for t in tags})
         files.update({f"/topics/{t.key}": f"topics/{t.key}.html" for t in TOPICS})
         for answer in answers:
@@ -72,15 +75,15 @@ def build(answers_dir, db_path, outdir) -> tuple[int, list]:
         site = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
         try:
             for url, name in files.items():
-                response = client.get(url)
-                if response.status_code != 200:
-                    raise RuntimeError(f"GET {url} gave {response.status_code} while exporting")
-                data = response.data
-                if response.mimetype == "text/html":
-                    html = _relative_links(response.get_data(as_text=True), name, files)
-                    data = html.replace('<meta charset="utf-8">', '<meta charset="utf-8">\n' + CSP_META, 1).encode()
-                elif response.mimetype == "application/json":
-                    data = json.dumps(_relative_json(response.get_json(), name, files), ensure_ascii=False).encode()
+                with client.get(url) as response:  # closed: a static file's response holds it open
+                    if response.status_code != 200:
+                        raise RuntimeError(f"GET {url} gave {response.status_code} while exporting")
+                    data = response.data
+                    if response.mimetype == "text/html":
+                        html = _relative_links(response.get_data(as_text=True), name, files)
+                        data = html.replace('<meta charset="utf-8">', '<meta charset="utf-8">\n' + CSP_META, 1).encode()
+                    elif response.mimetype == "application/json":
+                        data = json.dumps(_relative_json(response.get_json(), name, files), ensure_ascii=False).encode()
                 target = site / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
@@ -99,7 +102,7 @@ def build(answers_dir, db_path, outdir) -> tuple[int, list]:
         finally:
             shutil.rmtree(site, ignore_errors=True)
         pages = sum(1 for name in files.values() if name.endswith(".html"))
-        return pages, library.errors
+        return pages, list(library.errors)
     finally:
         library.close()
 

@@ -1,9 +1,11 @@
 """The OpenAPI 3.1 description of the JSON API; tests hold the real responses to it."""
 from __future__ import annotations
 
+from kb import version
 from kb.format.topics import TOPICS
 
-STRING_LIST = {"type": "array", "items": {"type": "string"}}
+from .serialize import ANSWER_FIELDS, LISTED, STRING_LIST
+
 NULLABLE_NUMBER = {"type": ["number", "null"]}
 
 SCHEMAS = {
@@ -13,15 +15,15 @@ SCHEMAS = {
                        "status": {"type": "integer"}, "detail": {"type": "string"}},
     },
     "Health": {
-        "type": "object", "required": ["status", "answers"], "additionalProperties": False,
-        "properties": {"status": {"const": "ok"}, "answers": {"type": "integer", "minimum": 0}},
+        "type": "object", "required": ["status", "answers", "version"], "additionalProperties": False,
+        "properties": {"status": {"enum": ["ok", "degraded"]}, "answers": {"type": "integer", "minimum": 0},
+                       "version": {"type": "string", "description": "The service's package version"},
+                       "problems": {**STRING_LIST, "description": "what is degraded (stored evidence found "
+                                                                  "unreadable, dropped and derived again)"}},
     },
     "AnswerListing": {
-        "type": "object", "required": ["slug", "title", "summary", "tags", "topic", "status", "url"],
-        "additionalProperties": False,
-        "properties": {"slug": {"type": "string", "pattern": "^[a-z0-9]+(-[a-z0-9]+)*$"},
-                       "title": {"type": "string"}, "summary": {"type": "string"}, "tags": STRING_LIST,
-                       "topic": {"$ref": "#/components/schemas/Topic"},
+        "type": "object", "required": [*LISTED, "status", "url"], "additionalProperties": False,
+        "properties": {**{name: ANSWER_FIELDS[name] for name in LISTED},
                        "status": {"$ref": "#/components/schemas/Status"}, "url": {"type": "string"}},
     },
     "AnswerList": {
@@ -34,7 +36,27 @@ SCHEMAS = {
     "Check": {
         "type": "object", "required": ["claim", "passed", "value", "line"], "additionalProperties": False,
         "properties": {"claim": {"type": "string"}, "passed": {"type": "boolean"},
-                       "value": {"type": ["string", "null"]}, "line": {"type": ["integer", "null"]}},
+                       "value": {"type": ["string", "null"]}, "line": {"type": ["integer", "null"]},
+                       "identity": {"type": "string", "description": "Given as check(..., identity=\"why\"): a "
+                                    "mathematical identity shown on purpose, which `kb audit` lists instead of mutating"},
+                       "audit": {"$ref": "#/components/schemas/CheckAudit"}},
+    },
+    "CheckAudit": {
+        "type": "object", "required": ["status", "mutation", "line"], "additionalProperties": False,
+        "description": "What `kb audit` found (present once the answer's current code has been audited): "
+                       "killed = a small breakage of the code the check depends on makes it fail",
+        "properties": {"status": {"enum": ["killed", "survived", "identity", "failing", "unreached"]},
+                       "mutation": {"type": ["string", "null"], "examples": ["`1 / m` → `2 / m`"],
+                                    "description": "The breakage that made it fail (killed only)"},
+                       "line": {"type": ["integer", "null"], "description": "The .md line of that breakage"}},
+    },
+    "AuditSummary": {
+        "type": "object", "description": "The answer's `kb audit` in numbers (present once its current code has been audited)",
+        "required": ["checks", "killed", "identity", "survived", "failing", "unreached", "summary"],
+        "additionalProperties": False,
+        "properties": {**{k: {"type": "integer", "minimum": 0}
+                          for k in ("checks", "killed", "identity", "survived", "failing", "unreached")},
+                       "summary": {"type": "string", "examples": ["5 of 6 checks shown able to fail"]}},
     },
     "SnippetError": {
         "type": ["object", "null"], "required": ["type", "message", "line"],
@@ -54,6 +76,7 @@ SCHEMAS = {
             "figures": {"type": "array", "items": {"type": "string"}, "description": "URLs of SVG figures"},
             "figure_alts": STRING_LIST, "checks": {"type": "array", "items": {"$ref": "#/components/schemas/Check"}},
             "attrs": STRING_LIST,
+            "notes": {**STRING_LIST, "description": "what the runner's bounds cut or replaced (then `truncated`)"},
         },
     },
     "Evidence": {
@@ -66,6 +89,7 @@ SCHEMAS = {
                             "properties": {"python": {"type": "string"}, "numpy": {"type": "string"}}},
             "snippets": {"type": "array", "items": {"$ref": "#/components/schemas/Snippet"}},
             "counts": {"$ref": "#/components/schemas/Counts"},
+            "audit": {"$ref": "#/components/schemas/AuditSummary"},
         },
     },
     "Counts": {
@@ -78,13 +102,9 @@ SCHEMAS = {
                        "summary": {"type": "string", "examples": ["ran 1 of 4 snippets; 3 of 3 checks so far hold, 7 not reached"]}},
     },
     "Answer": {
-        "type": "object",
-        "required": ["slug", "title", "summary", "tags", "topic", "aliases", "related", "sources", "html", "evidence"],
-        "additionalProperties": False,
-        "properties": {"slug": {"type": "string"}, "title": {"type": "string"}, "summary": {"type": "string"},
-                       "topic": {"$ref": "#/components/schemas/Topic"},
-                       "tags": STRING_LIST, "aliases": STRING_LIST, "related": STRING_LIST, "sources": STRING_LIST,
-                       "html": {"type": "string"}, "evidence": {"$ref": "#/components/schemas/Evidence"}},
+        "type": "object", "required": [*ANSWER_FIELDS, "html", "evidence"], "additionalProperties": False,
+        "properties": {**ANSWER_FIELDS, "html": {"type": "string"},
+                       "evidence": {"$ref": "#/components/schemas/Evidence"}},
     },
     "SearchResults": {
         "type": "object", "required": ["query", "confident", "fit", "ready", "results"], "additionalProperties": False,
@@ -134,7 +154,7 @@ NOT_MODIFIED = {"description": "Not modified (If-None-Match matched the ETag)"}
 def spec() -> dict:
     return {
         "openapi": "3.1.0",
-        "info": {"title": "kb: executable answers about neural-network fundamentals", "version": "1.0.0",
+        "info": {"title": "kb: executable answers about neural-network fundamentals", "version": version(),
                  "description": "Answers whose claims are checked by running NumPy snippets. "
                                 "GET responses carry an ETag and honour If-None-Match."},
         "paths": {

@@ -4,18 +4,22 @@ from __future__ import annotations
 import ast
 import re
 
-from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
-from markupsafe import Markup
+from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
+from markupsafe import Markup, escape
 
 from kb.format.draft import is_draft
 from kb.format.topics import BY_KEY, TOPICS
+from kb.notebook import MIMETYPE, build_notebook, notebook_json
 from kb.render.markdown import figure_size, highlight_python, pygments_css, render_inline
 from kb.store import evidence as ev
 
-from .api import lookup
-from .guard import allow_run, run_or_reuse
-from .knowledge import answer_or_404, answer_response, figure_url, library, snapshot
+from .context import answer_or_404, audited, library, snapshot
+from .guard import allow_run
+from .lookup import lookup
 from .openapi import spec
+from .responses import answer_response
+from .runs import run_or_reuse
+from .serialize import figure_url
 
 pages = Blueprint("pages", __name__)
 
@@ -23,6 +27,13 @@ pages = Blueprint("pages", __name__)
 @pages.app_template_filter("inline")
 def inline_markdown(text: str):
     return Markup(render_inline(text))
+
+
+@pages.app_template_filter("backticks")
+def backticks(text: str):
+    """`kb audit`'s description of a breakage ("`1/m` → `2/m`") with its code in <code>."""
+    parts = re.split(r"`([^`]*)`", text or "")
+    return Markup("".join(str(escape(p)) if i % 2 == 0 else f"<code>{escape(p)}</code>" for i, p in enumerate(parts)))
 
 
 @pages.before_app_request
@@ -81,15 +92,39 @@ def answer(slug):
     if slug != slug.lower() and slug.lower() in snapshot().answers:
         return redirect(url_for("pages.answer", slug=slug.lower()), 301)
     found = answer_or_404(slug)
+    response = answer_response("page", found, lambda evidence: _answer_page(found, evidence), "text/html")
     was = request.args.get("was")
-    if was is not None:  # just re-run: the page says what changed, so it is not the cached one
-        evidence = library().evidence(found)
-        return _answer_page(found, evidence, announce=_changes(was, evidence))
-    return answer_response("page", found, lambda evidence: _answer_page(found, evidence), "text/html")
+    announce = _changes(was, library().evidence(found)) if was is not None else None
+    if announce:  # just re-run: the cached page, with one line saying what changed
+        line = Markup('<p class="announce" role="status">{}</p>').format(announce)
+        response.set_data(response.get_data().replace(ANNOUNCE, str(line).encode(), 1))
+        del response.headers["ETag"]
+    return response
 
 
-def _answer_page(answer, evidence, announce=None) -> str:
+@pages.get("/answers/<slug>.ipynb")
+def notebook(slug):
+    """The answer as a Jupyter notebook, its evidence as the saved outputs (kb/notebook.py)."""
+    found = answer_or_404(slug)
+    static = current_app.config["KB_STATIC"]  # the export's pages are <slug>.html, beside the notebook
+    answers = snapshot().answers
+
+    def make(evidence) -> str:
+        return notebook_json(build_notebook(
+            found, evidence, titles={s: a.title for s, a in answers.items() if s in found.related},
+            page=lambda s: f"{s}.html" if static else s, figure=lambda name: library().figure(found, name)))
+
+    response = answer_response("notebook", found, make, MIMETYPE)
+    response.headers["Content-Disposition"] = f'attachment; filename="{found.slug}.ipynb"'
+    return response
+
+
+ANNOUNCE = b"<!--kb:announce-->"  # where answer.html puts the line "Run again" comes back to
+
+
+def _answer_page(answer, evidence) -> str:
     known = snapshot()
+    evidence = audited(evidence, answer)
     by_index = {s["index"]: s for s in evidence["snippets"]}
     rendered = known.rendered(answer)
     parts = []
@@ -105,7 +140,7 @@ def _answer_page(answer, evidence, announce=None) -> str:
              for s in evidence["snippets"] for f in s["figures"]}
     return render_template("answer.html", answer=answer, evidence=evidence, parts=parts, related=related,
                            counts=ev.describe(ev.counts(evidence, answer)), toc=rendered.toc,
-                           topic=BY_KEY.get(answer.topic), announce=announce, draft=is_draft(answer),
+                           topic=BY_KEY.get(answer.topic), draft=is_draft(answer),
                            show_lead=not repeats_lead(answer.summary, rendered.parts),
                            figure_url=lambda name: f"{figure_url(answer.slug, name)}?v={version}",
                            figure_size=lambda index, name: sizes.get((index, name)),

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from flask import jsonify, render_template, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, SecurityError
 
 PROBLEM_TYPE = "about:blank"
 
@@ -29,7 +29,7 @@ def register_error_handlers(app) -> None:
     def http_error(exc: HTTPException):
         headers = {k: v for k, v in exc.get_headers() if k != "Content-Type"}  # Allow, Retry-After
         status, detail = exc.code or 500, exc.description or exc.name
-        if wants_json():
+        if wants_json() or isinstance(exc, SecurityError):  # an untrusted Host: no URLs to build a page with
             return problem(status, detail, exc.name, headers)
         page = render_template("error.html", status=status, title=exc.name, detail=detail)
         return page, status, headers

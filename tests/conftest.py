@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, copy_database
 from service_fixtures import write_small_answers
 
 from kb.format.answer import load_answers
@@ -60,9 +60,9 @@ def real_evidence(tmp_path_factory) -> Path:
 @pytest.fixture
 def real_db(real_evidence, tmp_path) -> Path:
     """A private copy of the real answers' evidence database, for one test to use and change."""
-    copy = tmp_path / "real.sqlite3"
-    shutil.copyfile(real_evidence, copy)
-    return copy
+    # The backup API, not a file copy: the session's writes may still sit in its write-ahead log,
+    # and a copy of the main file alone would lack them (the vectors: a cold embedding per test).
+    return copy_database(real_evidence, tmp_path / "real.sqlite3")
 
 
 @pytest.fixture
@@ -82,11 +82,43 @@ def answers_dir(tmp_path):
     return folder
 
 
+@pytest.fixture(scope="session")
+def small_template(tmp_path_factory) -> Path:
+    """A database holding the small answers' evidence, index and embeddings, made once per worker:
+    an app started on a copy of it runs nothing and embeds nothing."""
+    folder = tmp_path_factory.mktemp("small-template")
+    answers = write_small_answers(folder / "answers")
+    with pytest.MonkeyPatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith("KB_")]:
+            patch.delenv(key)
+        patch.setenv("KB_RUN_MISSING", "wait")
+        app = create_app({"KB_ANSWERS": str(answers), "KB_DB": str(folder / "kb.sqlite3")})
+    app.extensions["kb"].close()
+    return folder / "kb.sqlite3"
+
+
+def small_app_on(folder: Path, template: Path, **config):
+    """A fresh app over a fresh copy of the small answers, its database copied from the template."""
+    answers = write_small_answers(folder / "answers")
+    db = copy_database(template, folder / "kb.sqlite3")
+    return create_app({"KB_ANSWERS": str(answers), "KB_DB": str(db), "TESTING": True, **config})
+
+
 @pytest.fixture
-def small_app(tmp_path):
-    answers = write_small_answers(tmp_path / "answers")
-    app = create_app({"KB_ANSWERS": str(answers), "KB_DB": str(tmp_path / "kb.sqlite3"), "TESTING": True,
-                      "KB_RUN_COOLDOWN": 0})  # a re-run right after start-up runs
+def small_app(tmp_path, small_template):
+    """An app of this test's own (it may run and edit answers)."""
+    app = small_app_on(tmp_path, small_template, KB_RUN_COOLDOWN=0)  # a re-run right after start-up runs
+    yield app
+    app.extensions["kb"].close()
+
+
+@pytest.fixture(scope="module")
+def shared_app(tmp_path_factory, small_template):
+    """One app for a module's tests that only read (no runs, no edits, no settings changed)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith("KB_")]:
+            patch.delenv(key)
+        app = small_app_on(tmp_path_factory.mktemp("shared-app"), small_template, KB_RUN_MISSING="wait")
     yield app
     app.extensions["kb"].close()
 
@@ -94,3 +126,9 @@ def small_app(tmp_path):
 @pytest.fixture
 def client(small_app):
     return small_app.test_client()
+
+
+@pytest.fixture(scope="module")
+def reader(shared_app):
+    """A client of the module's shared app, for tests that only read."""
+    return shared_app.test_client()

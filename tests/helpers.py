@@ -1,13 +1,19 @@
 """Helpers shared by the tests (a plain module: `from helpers import …`, never `from conftest`)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
+import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,8 +73,44 @@ def settle(condition, within: float = 10.0):
 KB = Path(sys.executable).with_name("kb")  # the installed command (`pip install -e .`)
 
 
-def run_cli(*args, cwd, timeout=120):
-    """`kb …` as a user runs it."""
+@dataclass
+class Done:
+    """What a finished `kb` command left: its exit status and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args, cwd, timeout=None) -> Done:
+    """`kb …` run in this process (`kb.cli.main`, what the installed command calls), in `cwd`:
+    no interpreter start and no imports per call. `timeout` is accepted for the callers that pass
+    it (a run's own limits still apply). Where the process itself matters (the installed script,
+    a closed pipe), use `run_process`."""
+    from kb.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    # What the process's logging would print: warnings and worse on stderr, message only (the
+    # "last resort" handler's shape; under pytest the root logger has handlers, so add ours).
+    log = logging.StreamHandler(err)
+    log.setLevel(logging.WARNING)
+    logging.getLogger().addHandler(log)
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exit_:  # argparse: usage errors (2), --help and --version (0)
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.chdir(here)
+        logging.getLogger().removeHandler(log)
+    return Done(code, out.getvalue(), err.getvalue())
+
+
+def run_process(*args, cwd, timeout=120):
+    """`kb …` as a user runs it: the installed command in a process of its own."""
     return subprocess.run([str(KB), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -111,3 +153,12 @@ class SlowClients(threading.Thread):
                         pass
         for sock in self.sockets:
             sock.close()
+
+
+def copy_database(source: Path, target: Path) -> Path:
+    """A consistent copy of an SQLite file, its write-ahead log included (SQLite's backup API)."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+    return target

@@ -2,7 +2,9 @@
 
 Write phrasings the way a learner types into a forum or the search box: informal, partial,
 sometimes just keywords, never copied from the answer's title or aliases (a test checks that).
-`tests/test_lookup.py` measures the share of phrasings whose top hit is the expected answer.
+They are part of the dev split the lookup is fitted and measured on (`kb.search.evaluation`,
+`tests/test_semantic_lookup.py`), and the static export's search is checked against the index on
+them (`tests/test_static_search.py`).
 When you add an answer, add a dozen phrasings for it here, and re-point any phrasing that the
 new answer now answers better than the old one. Cases whose answer does not parse are skipped.
 """

@@ -45,7 +45,9 @@ def test_good_answer_parses_with_snippet_lines_and_attributes(answers_dir):
     assert [(s.line, s.code, sorted(s.attrs)) for s in answer.snippets] == [
         (12, "x = 1", []), (16, "import nothing", ["norun"]), (20, 'check("x is one", x == 1, x)', ["hide"])]
     assert [s.index for s in answer.runnable] == [0, 2]
-    assert answer.body.startswith("\nProse") or answer.body.startswith("Prose")
+    # The body: the lines after the front matter's closing `---`, the blank first one included.
+    assert answer.body == GOOD.split("---\n", 2)[2].removesuffix("\n")
+    assert answer.body.startswith("\nProse with $x^2$.\n")
 
 
 BROKEN = {

@@ -40,7 +40,7 @@ def test_two_apps_in_one_process_serve_their_own_pages(tmp_path):
 
 def test_a_reload_during_a_request_never_caches_a_stale_page(tmp_path, monkeypatch):
     app = _app(tmp_path, "only", "The first version.")
-    library = app.extensions["kb"]
+    library = app.extensions["kb"].library
     path = library.answers_dir / "same-slug.md"
     real_render = kb.library.render_answer
     reloaded = []
@@ -72,7 +72,7 @@ def test_first_start_answers_at_once_and_runs_missing_evidence_in_the_background
     (answers / "gated.md").write_text(answer_text(title="Gated?", snippets=[waits]))
     app = create_app({"KB_ANSWERS": str(answers), "KB_DB": str(tmp_path / "kb.sqlite3"), "TESTING": True,
                       "KB_RUN_MISSING": "background"})
-    library = app.extensions["kb"]
+    library = app.extensions["kb"].library
     client = app.test_client()
     try:
         assert client.get("/api/answers/gated/evidence").get_json()["status"] == "pending"

@@ -7,7 +7,7 @@ def test_new_writes_a_skeleton_that_check_accepts(tmp_path):
     made = run_cli("new", "Why does Adam's bias correction matter?", "--dir", folder, cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     path = folder / "why-does-adams-bias-correction-matter.md"
-    assert f"check it with: .venv/bin/python -m kb check {folder}/{path.name}" in made.stdout  # as README writes it
+    assert f"check it with: .venv/bin/python -m kb check {folder}/{path.name}" in made.stdout  # as docs/writing-answers.md writes it
     assert path.exists() and "title: \"Why does Adam's bias correction matter?\"" in path.read_text()
     checked = run_cli("check", path, "--db", tmp_path / "db", cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, copy_database
 from werkzeug.serving import make_server
 
 from service import create_app
@@ -32,7 +32,7 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory, real_evidence):
     db = tmp_path_factory.mktemp("db") / "kb.sqlite3"
-    shutil.copyfile(real_evidence, db)
+    copy_database(real_evidence, db)  # with its write-ahead log: the vectors are there
     app = create_app({"KB_ANSWERS": str(ROOT / "answers"), "KB_DB": str(db),
                       "KB_RUN_COOLDOWN": 0})  # "Run again" right after start-up runs again
     server = make_server("127.0.0.1", 0, app, threaded=True)

@@ -1,6 +1,6 @@
 """Data safety: the SQLite store survives the service being killed mid-run.
 
-gunicorn (the README's production shape, one worker) serves a temporary copy of a few answers,
+gunicorn (docs/service.md's production shape, one worker) serves a temporary copy of a few answers,
 one of them slow. While that answer is re-running, and quick re-runs keep writing evidence, the
 whole server process group gets `kill -9`. Then: no runner process is left, not even the one
 the slow answer started (the fork server, in a session of its own, sees its stdin close and kills

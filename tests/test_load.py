@@ -1,13 +1,13 @@
 """Load with faults: reads keep working while another client floods re-runs.
 
-A real server as the README runs it in production (gunicorn, 2 gthread workers of 8 threads) over
+A real server as docs/service.md runs it in production (gunicorn, 2 gthread workers of 8 threads) over
 a temporary copy of a few small answers with cached evidence. Reader threads fetch answer pages,
 their JSON and search results, first alone (unloaded), then for KB_SOAK_SECONDS (default 5;
 `make soak` sets 60) while flood threads POST /api/answers/<slug>/run back to back. Asserted:
 every read is a 200, every run is a 200 with evidence or a 429 problem with Retry-After, and no
 process is left over, neither between runs nor after gunicorn stops. The read p99, unloaded and
-loaded, and their ratio are printed (the issue's 2x is a benchmark figure: tests never assert
-timings); `make soak` shows them (`-s`).
+loaded, and their ratio are printed (the issue's 2x is a benchmark figure, not asserted here;
+tests/test_hostile_service.py does bound a read's latency); `make soak` shows them (`-s`).
 """
 import http.client
 import json
@@ -167,10 +167,14 @@ def test_reads_stay_up_while_runs_are_flooded(tmp_path, scratch):
             tree = descendants(server.pid)
             workers = [pid for pid, (parent, _) in tree.items() if parent == server.pid]
             forkservers = [pid for pid, (parent, cmd) in tree.items() if parent in workers and "kb.run.server" in cmd]
-            spares = [pid for pid, (parent, _) in tree.items() if parent in forkservers]
-            expected = (len(workers) == len(forkservers) == 2
-                        and sorted(tree[p][0] for p in spares) == sorted(forkservers * SPARES))
-            return tree if expected and len(tree) == 4 + 2 * SPARES else None
+            # In a PID namespace the serving process is the only child of a small outer one (issue 20).
+            inner = {pid: parent for pid, (parent, cmd) in tree.items() if parent in forkservers
+                     and "kb.run.server" in cmd and sum(p == parent for p, _ in tree.values()) == 1}
+            serving = [pid for pid in forkservers if pid not in inner.values()] + list(inner)
+            spares = [pid for pid, (parent, _) in tree.items() if parent in serving]
+            expected = (len(workers) == len(forkservers) == len(serving) == 2
+                        and sorted(tree[p][0] for p in spares) == sorted(serving * SPARES))
+            return tree if expected and len(tree) == 4 + len(inner) + 2 * SPARES else None
 
         assert settle(only_spares, within=15), descendants(server.pid)
         tree = descendants(server.pid)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lookup_eval
 import pytest
+from lookup_cases import CASES
 from lookup_eval import EvalSetError, load, split_of
 
 from kb.format.answer import load_answers
@@ -136,3 +137,24 @@ def test_load_returns_records_and_filters_by_split(tmp_path):
     assert all(e.split == "dev" for e in load(tmp_path, split="dev"))
     assert {e.slug for e in load(tmp_path, split="test")} <= {"mini-batch-gradient-descent"}
     assert lookup_eval.NEW_SLUGS <= lookup_eval.known_slugs(ROOT / "answers")
+
+
+# --- the project's own phrasings (tests/lookup_cases.py, dev split only) -------------------------
+
+CORE_SLUGS = ("gradient-averaging", "relu-vs-sigmoid", "tanh-vs-sigmoid")
+
+
+def test_own_phrasings_are_well_formed():
+    phrasings = [normalised(q) for q, _ in CASES]
+    assert len(phrasings) == len(set(phrasings)), "a phrasing is listed twice"
+    for slug in CORE_SLUGS:
+        assert sum(s == slug for _, s in CASES) >= 12, f"fewer than 12 phrasings for {slug}"
+    for _, slug in CASES:
+        assert (ROOT / "answers" / f"{slug}.md").is_file(), f"no answers/{slug}.md"
+
+
+def test_no_own_phrasing_copies_a_title_or_alias():
+    answers, _ = load_answers([ROOT / "answers"])
+    questions = {normalised(q): a.slug for a in answers.values() for q in [a.title, *a.aliases]}
+    copied = [(q, questions[normalised(q)]) for q, _ in CASES if normalised(q) in questions]
+    assert not copied, f"phrasings copied from an answer's title or aliases: {copied}"

@@ -4,9 +4,9 @@ Whatever the front matter and the Markdown, `parse_answer` either returns an Ans
 `FormatError` with a `path:line: message` whose line is in the file; and answers generated to be
 valid parse with every ```python fence found at its line, with its code and attributes.
 
-Lines are counted as the parser counts them (`str.splitlines`); the valid answers are built from
-text without the rarer characters that `splitlines` also treats as line breaks (form feed,
-U+2028 …), which editors do not.
+Lines are counted as the parser counts them (`kb.format.answer.split_lines`: only \n, \r\n and
+\r end a line, not the form feeds or U+2028 that `str.splitlines` also splits at); the typed text
+of the valid answers leaves those rarer characters out, as editors do.
 """
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from kb.format.answer import SLUG_RE, FormatError, display_path, parse_answer
 from kb.format.blocks import FENCE_RE
 from kb.render.markdown import render_answer
-from kb.search.index import clean_body
+from kb.search.lookup import clean_body
 
 PROPERTY = settings(max_examples=200, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

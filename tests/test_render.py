@@ -302,9 +302,9 @@ def test_every_formula_in_the_answers_converts(path):
 
 def math_body(latex: str, display: str = "inline") -> str:
     """The MathML inside <math>…</math> (and the display wrapper) for one formula."""
-    from kb.render.markdown import _mathml
+    from kb.render.mathml import to_mathml
 
-    html = _mathml(latex, display)
+    html = to_mathml(latex, display)
     return re.sub(r'^(<span class="math-display">)?<math [^>]*>|</math>(</span>)?$', "", html)
 
 
@@ -335,9 +335,9 @@ def test_golden_inline_mathml(latex, mathml):
 
 
 def test_display_sum_has_its_limits_above_and_below_and_scrolls_in_its_own_box():
-    from kb.render.markdown import _mathml
+    from kb.render.mathml import to_mathml
 
-    html = _mathml("J = \\frac{1}{m}\\sum_{i=1}^{m} L(a^{(i)}, y^{(i)})", "block")
+    html = to_mathml("J = \\frac{1}{m}\\sum_{i=1}^{m} L(a^{(i)}, y^{(i)})", "block")
     assert html.startswith('<span class="math-display"><math xmlns="http://www.w3.org/1998/Math/MathML" display="block">')
     assert ('<munderover><mo>∑</mo><mrow><mi>i</mi><mo>=</mo><mn>1</mn></mrow><mrow><mi>m</mi></mrow></munderover>'
             in html)

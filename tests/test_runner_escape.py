@@ -128,7 +128,7 @@ def _unprivileged():
 
 
 def test_processes_are_limited_for_an_unprivileged_user(tmp_path):
-    """RLIMIT_NPROC binds users other than root (the kernel exempts root, see the README)."""
+    """RLIMIT_NPROC binds users other than root (the kernel exempts root, see docs/runner.md)."""
     user = None if os.geteuid() != 0 else _unprivileged()
     if os.geteuid() == 0 and user is None:
         pytest.skip("running as root and cannot switch to an unprivileged user that can read the project")

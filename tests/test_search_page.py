@@ -44,7 +44,7 @@ def test_two_answers_that_fit_are_offered_side_by_side(small_app, monkeypatch):
     weights = lk.default_weights()
     every_question_two = dataclasses.replace(weights, confident=(-100.0,) + (0.0,) * len(lk.CONFIDENCE_FEATURES),  # never sure
                                              thresholds={**weights.thresholds, "two": 0.0, "two_gap": 1.0})
-    monkeypatch.setattr(small_app.extensions["kb"].lookup, "weights", every_question_two)
+    monkeypatch.setattr(small_app.extensions["kb"].library.lookup_engine, "weights", every_question_two)
     client = small_app.test_client()
     body = client.get("/api/search?q=slope+of+the+sigmoid").get_json()
     assert body["fit"] == "two" and body["confident"] is False
@@ -72,7 +72,7 @@ def with_draft(tmp_path):
 def test_a_skeleton_is_a_draft_kept_off_the_home_page_and_out_of_search(with_draft):
     client = with_draft.test_client()
     slug = "how-does-dropout-regularise-a-network"
-    assert slug in with_draft.extensions["kb"].answers
+    assert slug in with_draft.extensions["kb"].library.answers
     assert f"/answers/{slug}" not in client.get("/").get_data(as_text=True)
     found = client.get("/api/search?q=how+does+dropout+regularise+a+network&limit=10").get_json()
     assert slug not in [r["slug"] for r in found["results"]]

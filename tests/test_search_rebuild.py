@@ -86,14 +86,14 @@ def slow(tmp_path):
 
 def test_a_cold_start_answers_searches_lexically_and_never_confidently(slow):
     library, embedder, _ = slow
-    assert embedder.started.wait(HANG) and not library.lookup.ready       # the cold embedding is under way
-    found = in_thread(lambda: library.search("maximum of the sigmoid derivative", 5))
+    assert embedder.started.wait(HANG) and not library.lookup_engine.ready       # the cold embedding is under way
+    found = in_thread(lambda: library.lookup("maximum of the sigmoid derivative", 5))
     assert found["ready"] is False and found["confident"] is False and found["fit"] == "none"
     assert found["results"][0]["slug"] == "sigmoid-slope"                  # the lexical stage's answer
     assert all(0 <= hit["score"] <= 0.5 for hit in found["results"])
     embedder.gate.set()
-    assert library.lookup.wait(timeout=HANG)
-    found = library.search("What is the maximum of the sigmoid derivative?", 5)
+    assert library.lookup_engine.wait(timeout=HANG)
+    found = library.lookup("What is the maximum of the sigmoid derivative?", 5)
     assert found["ready"] is True and found["results"][0]["slug"] == "sigmoid-slope"
 
 
@@ -105,16 +105,16 @@ def test_an_edit_during_a_cold_embedding_is_served_at_once_and_embedded_alone(sl
     assert in_thread(lambda: library.refresh(force=True)) is True           # returns with the worker still held
     assert library.answers["averaging"].title.startswith("Why do we take the mean")
     embedder.gate.set()
-    assert library.lookup.wait(timeout=HANG)
-    assert library.lookup.state.position.keys() == {"sigmoid-slope", "averaging", "wrong-claim"}
+    assert library.lookup_engine.wait(timeout=HANG)
+    assert library.lookup_engine.state.position.keys() == {"sigmoid-slope", "averaging", "wrong-claim"}
     first = embedder.calls
     assert embedder.texts.count("Why do we take the mean of the gradient over the m examples?") == 1
     page.write_text(page.read_text().replace("The cost is an average", "The cost is a mean"))
     library.refresh(force=True)
-    assert library.lookup.wait(timeout=HANG)
+    assert library.lookup_engine.wait(timeout=HANG)
     # Only the edited answer was sectioned and embedded again, and of it only the changed text.
     assert embedder.texts[first:] == ["The cost is a mean, so its gradient is the average of the per-example gradients."]
-    assert library.lookup.status.sectioned == 3 + 1 + 1                    # three, the first edit, the second
+    assert library.lookup_engine.status.sectioned == 3 + 1 + 1                    # three, the first edit, the second
 
 
 def test_a_failing_first_rebuild_leaves_no_search_waiting(tmp_path):
@@ -123,13 +123,13 @@ def test_a_failing_first_rebuild_leaves_no_search_waiting(tmp_path):
     embedder.gate.set()
     library = in_thread(lambda: Library(answers, tmp_path / "kb.sqlite3", embedder=embedder, embed_in_background=True))
     try:
-        assert library.lookup.wait(timeout=HANG)
-        assert library.lookup.status.failures == 1 and "out of memory" in library.lookup.status.last_error
-        found = in_thread(lambda: library.search("maximum of the sigmoid derivative", 3))
+        assert library.lookup_engine.wait(timeout=HANG)
+        assert library.lookup_engine.status.failures == 1 and "out of memory" in library.lookup_engine.status.last_error
+        found = in_thread(lambda: library.lookup("maximum of the sigmoid derivative", 3))
         assert found["ready"] is False and found["results"][0]["slug"] == "sigmoid-slope"
         (answers / "averaging.md").write_text((answers / "averaging.md").read_text() + "\nMore prose.\n")
         library.refresh(force=True)                                          # the next change retries
-        assert library.lookup.wait(timeout=HANG) and library.lookup.ready
+        assert library.lookup_engine.wait(timeout=HANG) and library.lookup_engine.ready
     finally:
         library.close()
 
@@ -146,11 +146,11 @@ def test_searches_during_a_cold_start_record_no_gap(tmp_path, monkeypatch):
         assert body["ready"] is False and body["confident"] is False
         page = in_thread(lambda: client.get("/search?q=maximum+of+the+sigmoid+derivative").get_data(as_text=True))
         assert "share words with" in page and "still starting up" in page
-        assert app.extensions["kb_gaps"].list() == []
+        assert app.extensions["kb"].gaps.list() == []
         embedder.gate.set()
-        assert app.extensions["kb"].lookup.wait(timeout=HANG)
+        assert app.extensions["kb"].library.lookup_engine.wait(timeout=HANG)
         client.get("/api/search?q=how+do+I+install+CUDA")
-        assert [g["query"] for g in app.extensions["kb_gaps"].list()] == ["how do i install cuda"]
+        assert [g["query"] for g in app.extensions["kb"].gaps.list()] == ["how do i install cuda"]
     finally:
         embedder.gate.set()
         app.extensions["kb"].close()

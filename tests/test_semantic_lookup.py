@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import threading
 
 import numpy as np
 import pytest
-from helpers import KB, ROOT
+from helpers import KB, ROOT, copy_database
 
 from kb.format.answer import Answer, load_answers
 from kb.render.markdown import render_answer
@@ -58,7 +57,7 @@ SYNTHETIC = [
 def real_lookup(tmp_path_factory, real_evidence):
     answers, _ = load_answers([ROOT / "answers"])
     path = tmp_path_factory.mktemp("lookup") / "kb.sqlite3"
-    shutil.copyfile(real_evidence, path)  # the embeddings are computed once per session
+    copy_database(real_evidence, path)  # the embeddings are computed once per session (WAL included)
     lookup = Lookup(SearchIndex(path), path, shared_embedder())
     lookup.rebuild(answers.values())
     return lookup, answers
@@ -81,13 +80,13 @@ def test_out_of_scope_dev_questions_are_not_confident(real_lookup):
     outside = [q for q, slug in lookup_data.entries("dev") if slug is None]
     if not outside:  # tests/lookup_eval not there: one the knowledge base clearly does not answer
         outside = ["How do I install the CUDA drivers for my GPU on Windows?"]
-    caught = [not lookup.search(q, 3)["confident"] for q in outside]
+    caught = [not lookup.lookup(q, 3)["confident"] for q in outside]
     assert sum(caught) >= 0.8 * len(caught)
 
 
 def test_results_name_the_best_section_and_a_calibrated_score(real_lookup):
     lookup, answers = real_lookup
-    found = lookup.search("why subtract the max before exponentiating in softmax", 5)
+    found = lookup.lookup("why subtract the max before exponentiating in softmax", 5)
     assert found["confident"] is True
     best = found["results"][0]
     assert best["slug"] == "softmax"
@@ -116,7 +115,7 @@ def test_any_query_gives_the_nearest_answers_or_none(tmp_path, query):
     path = tmp_path / "kb.sqlite3"
     lookup = Lookup(SearchIndex(path), path, shared_embedder())
     lookup.rebuild(SYNTHETIC)
-    found = lookup.search(query, 2)
+    found = lookup.lookup(query, 2)
     assert isinstance(found["confident"], bool) and len(found["results"]) <= 2
     assert all(0 <= hit["score"] <= 1 for hit in found["results"])
 
@@ -163,7 +162,7 @@ def test_a_restart_embeds_nothing_and_an_edit_only_what_changed(tmp_path):
     restarted = Lookup(SearchIndex(path), path, embedder)
     restarted.rebuild(edited)
     assert embedder.calls - before == 1                                  # only the new summary
-    assert restarted.search("does shifting the scores change softmax", 1)["results"][0]["slug"] == "softmax"
+    assert restarted.lookup("does shifting the scores change softmax", 1)["results"][0]["slug"] == "softmax"
 
 
 # --- the service: confidence, sections, gaps ----------------------------------------------------

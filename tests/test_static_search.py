@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_cli
+from helpers import ROOT, copy_database, run_cli
 from lookup_cases import CASES
 
 from kb.search.index import TOKENIZE, WORD_RE, SearchIndex
@@ -31,7 +31,7 @@ QUERIES = [q for q, _ in CASES] + [
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, real_evidence):
     work = tmp_path_factory.mktemp("static")
-    shutil.copyfile(real_evidence, work / "kb.sqlite3")  # evidence and embeddings already computed
+    copy_database(real_evidence, work / "kb.sqlite3")  # evidence and embeddings already computed (WAL included)
     built = run_cli("build", work / "site", "--answers", ROOT / "answers", "--db", work / "kb.sqlite3", cwd=work, timeout=600)
     assert built.returncode == 0, built.stderr
     with sync_playwright() as p:

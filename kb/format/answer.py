@@ -26,6 +26,7 @@ OPTIONAL = ("topic",)  # one of kb.format.topics; `kb lint` asks for it, the for
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster, same safe subset
 LINE_BREAK_RE = re.compile(r"\r\n|\r|\n")
 BOM = "\ufeff"
+MAX_FILE_BYTES = 1 << 20  # an answer file above this is refused: the largest real one is ~30 KiB
 
 
 def split_lines(text: str) -> list[str]:
@@ -42,8 +43,9 @@ def split_lines(text: str) -> list[str]:
 
 
 def display_path(path: Path) -> str:
-    """The path as a user types it: relative to the working directory when below it."""
-    path = Path(path).resolve()
+    """The path as a user types it: relative to the working directory when below it. Symbolic
+    links are not followed: an error about a link names the link, never where it points."""
+    path = Path(os.path.abspath(path))
     try:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
@@ -103,10 +105,22 @@ def parse_answer(path: str | os.PathLike[str], text: str | None = None) -> Answe
     if not SLUG_RE.fullmatch(slug):
         raise FormatError(shown, 1, f"file name {slug!r} is not a slug: use lowercase words joined by '-'")
     if text is None:
+        if os.path.dirname(os.path.realpath(path)) != os.path.realpath(path.parent):
+            raise FormatError(shown, 1, "a symbolic link to a file outside its answers directory; refused "
+                                        "(an answer file must be a real file in the directory)")
         try:
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise FormatError(shown, 1, f"the file is {size / 2**20:.1f} MiB; an answer file may be at most "
+                                            f"{MAX_FILE_BYTES >> 20} MiB (split it, or move data out of it)")
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise FormatError(shown, 1, f"not UTF-8 text ({exc.reason})") from None
+        except OSError as exc:
+            raise FormatError(shown, 1, f"cannot be read ({exc.strerror})") from None
+    elif len(text) > MAX_FILE_BYTES:
+        raise FormatError(shown, 1, f"the text is {len(text) / 2**20:.1f} MiB; an answer may be at most "
+                                    f"{MAX_FILE_BYTES >> 20} MiB")
     lines = split_lines(text.removeprefix(BOM))  # editors on Windows may start a file with a BOM
     meta, key_lines, body_start = _front_matter(shown, lines)
     snippets = _snippets(shown, lines, body_start)

@@ -24,7 +24,7 @@ def evidence_for(answer: Answer, runner: Runner, store: Store | None = None,
         if cached is not None and not cut_short(cached, runner.limits):
             return cached, True
     evidence = runner.run(answer)
-    if store is not None:
+    if store is not None and not evidence.get("transient"):  # a runner fault is not the answer's evidence
         store.put(evidence)
     return evidence, False
 
@@ -48,6 +48,8 @@ def problems(evidence: ev.Evidence, path: str) -> list[str]:
         error = snippet.get("error")
         if error:
             lines.append(f"{path}:{error['line'] or snippet['line']}: {error['type']}: {error['message']}")
-        if snippet["truncated"]:
+        for note in snippet.get("notes", []):
+            lines.append(f"{path}:{snippet['line']}: {note}")
+        if snippet["truncated"] and not snippet.get("notes"):
             lines.append(f"{path}:{snippet['line']}: output truncated at the runner's cap")
-    return lines
+    return [ev.printable(line) for line in lines]

@@ -101,26 +101,66 @@ def run_answer(conn: socket.socket) -> None:
     path = request["path"]
     checks: list[dict[str, Any]] = []
 
-    def check(claim: object, condition: object, value: object = None) -> bool:
-        """Record a named piece of evidence; a failing check fails the answer, not the snippet's run."""
+    def check(claim: object, condition: object, value: object = None, *, identity: object = None) -> bool:
+        """Record a named piece of evidence; a failing check fails the answer, not the snippet's run.
+        `identity="why"` marks a check that shows a mathematical identity on purpose (`kb audit`
+        lists it instead of trying to make it fail)."""
         frame: FrameType | None = sys._getframe(1)
         while frame is not None and frame.f_code.co_filename != path:
             frame = frame.f_back
-        checks.append({"claim": str(claim), "passed": bool(condition), "value": show(value),
-                       "line": frame.f_lineno if frame else None})
+        record = {"claim": str(claim), "passed": bool(condition), "value": show(value),
+                  "line": frame.f_lineno if frame else None}
+        if identity is not None:
+            record["identity"] = str(identity)
+        checks.append(record)
         return bool(condition)
 
     namespace = {"__name__": "__main__", "check": check}
     for snippet in request["snippets"]:
-        checks.clear()
-        result = _run_snippet(snippet, namespace, path, limits, plt)
-        result["checks"] = list(checks)
-        if result["status"] == "passed" and not all(c["passed"] for c in checks):
-            result["status"] = "failed"
+        result = _checked_run(snippet, namespace, checks, path, limits, plt)
         send_frame(conn, {"snippet": result})
         if result["status"] == "error":
             break
+    else:
+        for number, variant in enumerate(request.get("variants", ())):
+            _run_variant(conn, number, variant, namespace, checks, path, limits, plt)
     send_frame(conn, {"done": True})
+
+
+def _checked_run(snippet: dict[str, Any], namespace: dict[str, Any], checks: list[dict[str, Any]], path: str,
+                 limits: dict[str, Any], plt: ModuleType) -> dict[str, Any]:
+    """Run one snippet and attach the checks it recorded; a snippet with a failed check failed."""
+    checks.clear()
+    result = _run_snippet(snippet, namespace, path, limits, plt)
+    result["checks"] = list(checks)
+    if result["status"] == "passed" and not all(c["passed"] for c in checks):
+        result["status"] = "failed"
+    return result
+
+
+def _run_variant(conn: socket.socket, number: int, variant: dict[str, Any], namespace: dict[str, Any],
+                 checks: list[dict[str, Any]], path: str, limits: dict[str, Any], plt: ModuleType) -> None:
+    """`kb audit`: run one variant of the snippets that follow, in a fork of this child, from the
+    namespace the snippets before left; frames say `"variant": number`. A variant that runs past
+    its `timeout` is killed by SIGALRM; its exit status is reported either way."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            signal.alarm(max(1, int(variant["timeout"] + 0.999)))
+            for snippet in variant["snippets"]:
+                result = _checked_run(snippet, namespace, checks, path, limits, plt)
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})  # never half a frame
+                send_frame(conn, {"variant": number, "snippet": result})
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+                if result["status"] == "error":
+                    break
+        except BaseException:  # noqa: BLE001 - never fall back into the parent's loop
+            code = 70
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    send_frame(conn, {"variant": number, "exit": status})
 
 
 def _run_snippet(snippet: dict[str, Any], namespace: dict[str, Any], path: str, limits: dict[str, Any],

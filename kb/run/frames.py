@@ -12,6 +12,13 @@ import struct
 from typing import Any
 
 HEADER = struct.Struct("!I")
+# Bytes of one frame beyond the output it may carry (four times the output cap: stdout and
+# stderr, escaped): checks, figures, the traceback. A larger frame is refused before it is read.
+MAX_FRAME = 64 << 20
+
+
+class FrameTooLarge(ValueError):
+    pass
 
 
 def send_frame(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -19,12 +26,16 @@ def send_frame(sock: socket.socket, message: dict[str, Any]) -> None:
     sock.sendall(HEADER.pack(len(data)) + data)
 
 
-def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
-    """One message, or None when the peer closed the connection."""
+def recv_frame(sock: socket.socket, limit: int | None = None) -> dict[str, Any] | None:
+    """One message, or None when the peer closed the connection; FrameTooLarge past `limit` bytes."""
     header = _recv_exact(sock, HEADER.size)
     if header is None:
         return None
-    data = _recv_exact(sock, HEADER.unpack(header)[0])
+    size = HEADER.unpack(header)[0]
+    if limit is not None and size > limit:
+        raise FrameTooLarge(f"a snippet's evidence was {size / 2**20:.0f} MiB, over the runner's limit of "
+                            f"{limit / 2**20:.0f} MiB (figures, checks and messages together); the run was stopped")
+    data = _recv_exact(sock, size)
     return None if data is None else json.loads(data)
 
 

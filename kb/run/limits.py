@@ -83,3 +83,87 @@ def _user_tasks() -> int:
             except OSError:
                 pass
     return count
+
+
+# Bounds of a whole run (every process it started), watched by the fork server
+# (`kb.run.server`, every WATCH_INTERVAL while runs are under way): RLIMIT_AS bounds one process,
+# so three forks of 900 MiB each would hold 2.7 GiB under a 1 GiB cap, and as root RLIMIT_NPROC
+# is not enforced at all.
+RUN_PROCESSES = PROCESSES  # processes (threads not counted) a run may have at once, itself included
+
+
+def namespace_flags() -> int | None:
+    """The unshare(2) flags that give the fork server a PID namespace of its own (`kb.run.server`):
+    root needs none other; an unprivileged user also needs a user namespace (the same uid
+    mapped inside). None where switched off (`KB_PID_NAMESPACE=off`, for tests of the fallback)."""
+    if os.environ.get("KB_PID_NAMESPACE", "on").lower() in ("off", "0", "false", "no"):
+        return None
+    CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x20000, 0x10000000, 0x20000000
+    return CLONE_NEWPID | CLONE_NEWNS | (0 if os.geteuid() == 0 else CLONE_NEWUSER)
+
+
+def run_processes(pid: int) -> list[int]:
+    """`pid` and every process below it (a run's child is a subreaper: nothing leaves its tree
+    while it lives)."""
+    found, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as listing:
+                    kids = [int(k) for k in listing.read().split()]
+            except OSError:
+                continue
+            found.extend(kids)
+            frontier.extend(kids)
+    return found
+
+
+def _pss(pid: int) -> int:
+    """Proportional set size in bytes: shared pages counted once across the processes sharing them."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+_BASE: list[int] = []  # the fork server's own PSS once preloaded: what every run starts from
+
+
+def watch_run(pid: int) -> dict[str, object] | None:
+    """None while the run of child `pid` keeps within its bounds, else what it exceeded.
+
+    One process is bounded by its own RLIMIT_AS; a run of several is bounded in total: their
+    PSS (shared pages counted once) may not exceed the memory limit above the preloaded
+    interpreter, and their number may not exceed RUN_PROCESSES. The memory limit is read from
+    the child's RLIMIT_AS (set by the child from the request, over what it had mapped).
+    """
+    processes = run_processes(pid)
+    if len(processes) > RUN_PROCESSES:
+        return {"what": "processes", "limit": RUN_PROCESSES, "used": len(processes)}
+    if len(processes) == 1:
+        return None
+    try:
+        soft = resource.prlimit(pid, resource.RLIMIT_AS)[0]
+    except (OSError, ValueError):
+        return None
+    if soft == resource.RLIM_INFINITY:  # the run has not started yet
+        return None
+    with open("/proc/self/statm") as statm:
+        size, resident = (int(n) * os.sysconf("SC_PAGE_SIZE") for n in statm.read().split()[:2])
+    if not _BASE:
+        _BASE.append(resident)
+    mapped = size
+    memory = max(soft - mapped, 0)
+    used = sum(_pss(p) for p in processes)
+    if used > memory + _BASE[0]:
+        return {"what": "memory", "limit": memory, "used": used - _BASE[0]}
+    return None

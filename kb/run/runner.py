@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -26,17 +28,20 @@ import time
 import weakref
 from dataclasses import asdict
 from types import FrameType
+from typing import Any
 
-from kb.format.answer import Answer
+from kb.format.answer import Answer, Snippet
 from kb.store import evidence as ev
 
-from .frames import recv_frame, send_frame
+from .frames import MAX_FRAME, FrameTooLarge, recv_frame, send_frame
 from .limits import Limits
 
 SEED = 0
 # What a snippet may see of the environment: enough to find programs, a home, a locale, a
 # temporary directory and the project; nothing of the service's settings or secrets.
-ENVIRONMENT = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH", "MPLCONFIGDIR")
+ENVIRONMENT = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH", "MPLCONFIGDIR", "KB_PID_NAMESPACE")
+START_TIMEOUT = 120.0  # seconds a fork server may take to preload (a cold font cache takes ~10)
+PICKUP_POLL = 0.25  # seconds between looks at the fork server while a run waits for a child
 RUNNER_PREFIX = "kb-forkserver-"  # not the unlocked "kb-runner-" of earlier versions: never swept
 _live: weakref.WeakSet[Runner] = weakref.WeakSet()  # runners to clean up on SIGTERM
 
@@ -46,6 +51,7 @@ class Runner:
         self.limits = limits or Limits()
         self._lock = threading.Lock()
         self._server: subprocess.Popen[bytes] | None = None
+        self._server_pid: int | None = None  # the serving process (inside its PID namespace, if any)
         # A Unix socket path is limited to ~107 bytes: a deep TMPDIR falls back to /tmp.
         short = "/tmp" if len(tempfile.gettempdir()) > 60 and os.path.isdir("/tmp") else None
         sweep(short or tempfile.gettempdir())
@@ -86,6 +92,8 @@ class Runner:
         """A connection to a live fork server, (re)starting it if needed."""
         with self._lock:
             if self._server is None or self._server.poll() is not None:
+                if self._server is not None and self._server.stdin is not None:
+                    self._server.stdin.close()  # the pipe of a server that died
                 self._start_server()
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(self._socket)
@@ -106,44 +114,130 @@ class Runner:
             start_new_session=True)  # a kill of the caller's group must leave it to clean up
         ready = self._server.stdout
         assert ready is not None  # stdout=PIPE
-        if ready.readline().strip() != b"ready":
-            raise RuntimeError("the runner's fork server failed to start")
+        # A server that hangs while preloading must not hang every run of this process with it.
+        line = ready.readline() if select.select([ready], [], [], START_TIMEOUT)[0] else b""
+        words = line.split()
+        if len(words) != 2 or words[0] != b"ready":
+            self._server.kill()
+            self._server.wait()
+            self._server = None
+            raise RuntimeError("the runner's fork server failed to start"
+                               + ("" if line else f" within {START_TIMEOUT:g} s"))
+        self._server_pid = int(words[1])
         ready.close()
 
-    def run(self, answer: Answer) -> ev.Evidence:
-        """Run every runnable snippet of `answer`; return its evidence (never raises for bad code)."""
-        if not answer.runnable:  # nothing to isolate: no child process
-            return self._evidence(answer, {}, None, time.monotonic())
+    def run(self, answer: Answer, limits: Limits | None = None,
+            variants: list[tuple[list[Snippet], float]] | None = None) -> ev.Evidence:
+        """Run every runnable snippet of `answer`; return its evidence (never raises for bad code).
+
+        `limits` overrides the runner's for this run (`kb audit` gives a mutant a short timeout).
+        `variants` (`kb audit`): after the snippets, run each list of further snippets in a fork
+        of the child, with its own timeout; their results are in the evidence's `variants`
+        ({"snippets": {index: result}, "exit": status or None}), in order.
+
+        A fork server that is wedged (stopped by a signal, dead) is replaced and the answer run
+        again, once; should that fail too, the evidence says so and is marked `transient` (the
+        fault is the runner's, not the answer's: it is not stored, never published as a timeout).
+        """
+        limits = limits or self.limits
+        if not answer.runnable and not variants:  # nothing to isolate: no child process
+            return self._evidence(answer, {}, None, time.monotonic(), limits)
+        evidence = self._run_once(answer, limits, variants)
+        if evidence.get("transient"):
+            evidence = self._run_once(answer, limits, variants)
+        return evidence
+
+    def _wedged(self) -> str | None:
+        """Why the fork server cannot take runs (dead, or stopped by a signal), else None."""
+        server = self._server
+        if server is None or server.poll() is not None:
+            return "stopped"
+        try:
+            with open(f"/proc/{self._server_pid}/stat") as file:
+                stat = file.read()
+        except OSError:
+            return "gone"
+        state = stat[stat.rindex(")") + 2:].split()[0]
+        return {"T": "stopped by a signal", "t": "stopped by a tracer", "Z": "exited"}.get(state)
+
+    def _restart(self, server: subprocess.Popen[bytes] | None) -> None:
+        """Replace the fork server `server` (if it is still the current one)."""
+        with self._lock:
+            if self._server is server and server is not None:
+                self._server = None
+                server.kill()  # the outer process; its namespace's init dies with it (PDEATHSIG)
+                if self._server_pid is not None:
+                    try:
+                        os.kill(self._server_pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                server.wait()
+                if server.stdin is not None:
+                    server.stdin.close()
+
+    def _run_once(self, answer: Answer, limits: Limits,
+                  variants: list[tuple[list[Snippet], float]] | None) -> ev.Evidence:
+        forks: list[dict[str, Any]] = [{"snippets": {}, "exit": None} for _ in variants or ()]
         sock = self._connect()  # may start the server: not counted against the answer's time
+        server = self._server
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # the child's pid, as seen here
         started = time.monotonic()
-        deadline = started + self.limits.timeout
+        deadline = started + limits.timeout
         workdir = tempfile.mkdtemp(prefix=f"kb-{answer.slug}-")
         link = os.path.join(self._dir, os.path.basename(workdir))
         os.symlink(workdir, link)  # so that a sweep finds it should this process die mid-run
         results: dict[int, ev.SnippetEvidence] = {}
         fault: tuple[str, str, str] | None = None  # (status, error type, message) of a run cut short
         group: int | None = None
+        transient = False
         try:
-            send_frame(sock, {
-                "path": answer.path, "seed": SEED, "workdir": workdir, "limits": asdict(self.limits),
-                "answers_dir": os.path.dirname(os.path.abspath(answer.path)),
-                "snippets": [{"index": s.index, "line": s.line, "code": s.code} for s in answer.runnable],
-            })
-            while True:
+            try:
+                send_frame(sock, {
+                    "path": answer.path, "seed": SEED, "workdir": workdir, "limits": asdict(limits),
+                    "answers_dir": os.path.dirname(os.path.abspath(answer.path)),
+                    "snippets": [{"index": s.index, "line": s.line, "code": s.code} for s in answer.runnable],
+                    "variants": [{"timeout": timeout, "snippets": [{"index": s.index, "line": s.line, "code": s.code}
+                                                                   for s in snippets]} for snippets, timeout in variants or ()],
+                })
+                group, why = self._pickup(sock, deadline)
+            except (ConnectionError, BrokenPipeError):  # the server died with the connection in its backlog
+                group, why = None, "had exited"
+            if group is None:
+                fault = ("error", "RunnerError", f"the runner's fork server {why}; no child took the run")
+                transient = True
+                if why != "was too busy":
+                    self._restart(server)
+            while fault is None:
                 sock.settimeout(max(deadline - time.monotonic(), 0.001))
                 try:
-                    frame = recv_frame(sock)
+                    frame = recv_frame(sock, MAX_FRAME + 4 * limits.output)
                 except TimeoutError:
                     fault = ("timeout", "TimeoutError",
-                             f"the answer ran longer than its {self.limits.timeout:g} s limit and was stopped")
+                             f"the answer ran longer than its {limits.timeout:g} s limit and was stopped")
                     break
+                except FrameTooLarge as exc:
+                    fault = ("error", "EvidenceTooLarge", str(exc))
+                    break
+                except ConnectionError:  # the server died (it holds a copy of the connection)
+                    frame = None
                 if frame is None:
                     fault = ("error", "RunnerError", "the runner's fork server stopped unexpectedly")
+                    transient = True
+                    self._restart(server)
                     break
-                if "pid" in frame:
-                    group = frame["pid"]
+                if "variant" in frame:
+                    fork = forks[frame["variant"]]
+                    if "snippet" in frame:
+                        fork["snippets"][frame["snippet"]["index"]] = frame["snippet"]
+                    else:
+                        fork["exit"] = frame["exit"]
+                elif "pid" in frame:
+                    pass  # the child's own pid, in its namespace: `group` is the one seen from here
+                elif "bounds" in frame:
+                    fault = ("error", *_bounds_message(frame["bounds"]))
+                    break
                 elif "snippet" in frame:
-                    results[frame["snippet"]["index"]] = frame["snippet"]
+                    results[frame["snippet"]["index"]] = ev.bounded(frame["snippet"])
                 elif "done" in frame:
                     break
                 elif "exit" in frame:
@@ -155,10 +249,41 @@ class Runner:
                 _kill_group(group)
             shutil.rmtree(workdir, ignore_errors=True)
             _unlink(link)
-        return self._evidence(answer, results, fault, started)
+        evidence = self._evidence(answer, results, fault, started, limits)
+        if variants:
+            evidence["variants"] = forks
+        if transient:
+            evidence["transient"] = True
+        return evidence
+
+    def _pickup(self, sock: socket.socket, deadline: float) -> tuple[int | None, str]:
+        """(the pid of the child that took the run, as seen from here; "") or (None, why not).
+
+        Peeks at the child's first frame with its credentials (SO_PASSCRED: the kernel gives its
+        pid in this process's PID namespace), looking at the fork server meanwhile: a server
+        stopped by a signal or dead is a fault of the runner, found in a fraction of a second,
+        and so is a run no child took before the answer's deadline.
+        """
+        while True:
+            sock.settimeout(min(PICKUP_POLL, max(deadline - time.monotonic(), 0.001)))
+            try:
+                data, ancillary, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(12), socket.MSG_PEEK)
+            except TimeoutError:
+                why = self._wedged()
+                if why is not None:
+                    return None, f"was {why}" if why.startswith("stopped") else f"had {why}"
+                if time.monotonic() >= deadline:
+                    return None, "was too busy"
+                continue
+            if not data:
+                return None, "closed the connection"
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    return struct.unpack("3i", payload[:12])[0], ""
+            return None, "sent no credentials"
 
     def _evidence(self, answer: Answer, results: dict[int, ev.SnippetEvidence], fault: tuple[str, str, str] | None,
-                  started: float) -> ev.Evidence:
+                  started: float, limits: Limits | None = None) -> ev.Evidence:
         snippets: list[ev.SnippetEvidence] = []
         reached = True
         for snippet in answer.snippets:
@@ -174,7 +299,16 @@ class Runner:
                 result = ev.unreached(snippet, "skipped" if snippet.runs else "norun")
             result["attrs"] = sorted(snippet.attrs)
             snippets.append(result)
-        return ev.record(answer, snippets, (time.monotonic() - started) * 1000, asdict(self.limits))
+        return ev.record(answer, snippets, (time.monotonic() - started) * 1000, asdict(limits or self.limits))
+
+
+def _bounds_message(over: dict[str, Any]) -> tuple[str, str]:
+    """(error type, message) for a run the fork server stopped at a bound of the whole run."""
+    if over["what"] == "memory":
+        return ("MemoryError", f"the answer's processes together used {over['used'] / 2**20:.0f} MiB, over its memory "
+                f"cap ({over['limit'] / 2**20:.0f} MiB for the whole run); it was stopped")
+    return ("ResourceError", f"the answer ran {over['used']} processes at once, over the limit of {over['limit']} "
+            "for the whole run; it was stopped")
 
 
 def _exit_message(status: int) -> str:

@@ -9,6 +9,13 @@ connection, so the client can tell a crash or `os._exit` from a clean finish.
 Runs in a session of its own until its stdin closes (its parent went away, even by `kill -9`
 of its whole process group), then kills every child's process group.
 
+Where the kernel allows it (root; else an unprivileged user namespace), the server is process 1
+of a PID namespace of its own (`main`): its children cannot name it, let alone signal or stop it
+(the kernel drops signals a namespace's processes send to its init), they see only their own
+run's processes in `/proc`, and should the server die, the kernel kills everything in the
+namespace, so nothing a snippet started can outlive it under init. A small outer process stays
+in the caller's namespace, waits for the server and prints its pid as the caller sees it.
+
 Nothing a snippet starts outlives its run: the server and every child are child subreapers
 (Linux `PR_SET_CHILD_SUBREAPER`), so a process that leaves its group (`setsid`, a double fork)
 is still reparented to them rather than to init, and the server kills every process reparented
@@ -27,7 +34,7 @@ import sys
 
 from .child import run_answer, warm_up
 from .frames import send_frame
-from .limits import confine
+from .limits import confine, namespace_flags, run_processes, watch_run
 
 # Spare children kept forked and warmed. With one, a run that follows another at once waits for
 # the next fork (bench/runner_overhead.py, back to back: 5.1 ms with one spare, 3.3 with two,
@@ -52,7 +59,7 @@ def _preload() -> None:
     gc.freeze()  # keep the preloaded objects out of the children's collections: no copy-on-write storms
 
 
-def serve(socket_path: str) -> None:
+def serve(socket_path: str, host_pid: int | None = None) -> None:
     """Keep `SPARES` children forked and waiting in accept(), so a run never waits for a fork.
 
     A child that takes a connection passes a copy of it to the server over `control`; the
@@ -86,10 +93,11 @@ def serve(socket_path: str) -> None:
             children[_fork_spare(listener, child_control, inherited())] = None
 
     top_up()
-    print("ready", flush=True)
+    print(f"ready {host_pid or os.getpid()}", flush=True)
 
     while True:
-        for key, _ in selector.select():
+        running = [pid for pid, conn in children.items() if conn is not None]
+        for key, _ in selector.select(WATCH_INTERVAL if running else None):
             if key.data == "stdin" and not os.read(sys.stdin.fileno(), 1):
                 _kill_children(children)
                 _kill_orphans({})
@@ -100,6 +108,31 @@ def serve(socket_path: str) -> None:
             _reap(children, control)
             _kill_orphans(children)
             top_up()
+        _watch(children, control)
+
+
+WATCH_INTERVAL = 0.1  # seconds between looks at the memory and processes of the runs under way
+
+
+def _watch(children: dict[int, socket.socket | None], control: socket.socket) -> None:
+    """Stop a run whose processes together exceed its bounds (`kb.run.limits.watch_run`)."""
+    _take_connections(control, children)
+    for pid, conn in list(children.items()):
+        if conn is None:
+            continue
+        over = watch_run(pid)
+        if over is None:
+            continue
+        try:
+            send_frame(conn, {"bounds": over})
+        except OSError:
+            pass
+        for process in run_processes(pid):  # escaped groups too, not only the child's
+            try:
+                os.kill(process, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        _kill_children({pid: conn})
 
 
 def _kill_children(children: dict[int, socket.socket | None]) -> None:
@@ -220,12 +253,24 @@ def _reap(children: dict[int, socket.socket | None], control: socket.socket) -> 
     """Report exited children's status to their clients."""
     while children:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            # Look without reaping: a zombie keeps its pid, and so its group id, reserved while its
+            # group is killed (after the reap, the id could be a new spare's).
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             break
-        if pid == 0:
+        if info is None:
             break
-        if pid not in children:
+        pid = info.si_pid
+        if pid in children:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            pid, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        if pid == 0 or pid not in children:
             continue
         if children[pid] is None:
             # A spare, or a child that took a connection and exited since the last look at
@@ -241,5 +286,76 @@ def _reap(children: dict[int, socket.socket | None], control: socket.socket) -> 
         conn.close()
 
 
+def main(socket_path: str) -> None:
+    """Serve as process 1 of a PID namespace of its own where the kernel allows it, else as is."""
+    flags = namespace_flags()
+    if flags is None or not _namespace_works(flags):
+        serve(socket_path)
+        return
+    _unshare(flags)
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            host_pid = int(os.readlink("/proc/self"))  # before /proc shows only this namespace
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            _mount_proc()
+            serve(socket_path, host_pid)
+            code = 0
+        finally:
+            os._exit(code)
+    # The outer process: it only waits, and ends as the server ends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _, status = os.waitpid(pid, 0)
+    sys.exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
+
+
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x20000, 0x10000000, 0x20000000
+
+
+def _namespace_works(flags: int) -> bool:
+    """Try the namespace once in a throwaway child (a failed unshare cannot be undone here)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            _unshare(flags)
+            inner = os.fork()
+            if inner == 0:
+                try:
+                    _mount_proc()
+                    os._exit(0)
+                finally:
+                    os._exit(1)
+            code = os.waitstatus_to_exitcode(os.waitpid(inner, 0)[1])
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def _unshare(flags: int) -> None:
+    import ctypes
+
+    uid, gid = os.getuid(), os.getgid()
+    if ctypes.CDLL(None, use_errno=True).unshare(flags) != 0:
+        raise OSError(ctypes.get_errno(), "unshare failed")
+    if flags & CLONE_NEWUSER:  # the same uid and gid inside: files and limits stay the user's
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as file:
+                file.write(text)
+
+
+def _mount_proc() -> None:
+    """In the namespace's process 1: a private /proc that lists only this namespace's processes."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+    MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 16384, 1 << 18
+    if (libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0
+            or libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0):
+        raise OSError(ctypes.get_errno(), "mounting /proc failed")
+
+
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    main(sys.argv[1])

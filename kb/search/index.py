@@ -1,27 +1,26 @@
-"""Full-text search over the answers: SQLite FTS5, porter stemming, BM25 with column weights.
+"""The index: SQLite FTS5 over each answer's questions (title, aliases) and tags, porter
+stemming, BM25 with column weights. It is the lexical stage of the lookup (`kb.search.lookup`)
+and the source of the tables the static export's `search.js` ranks with (`static_tables`).
 
 The index lives in the same SQLite file as the evidence cache (`kb.store.cache.Store`), in its own
-tables: `search_fts` (one row per answer, plus empty padding rows, see `PAD_ROWS_PER_ANSWER`),
+tables: `search_short` (one row per answer, plus empty padding rows, see `PAD_ROWS_PER_ANSWER`),
 `search_docs` (each answer's row and a digest of its indexed fields) and `search_meta` (the
 schema it was built with). Like the rest of that file it is derived from `answers/` and can be
 deleted at any time.
 
 `rebuild` re-indexes only the answers whose indexed fields changed (an edit re-indexes one row,
-not the knowledge base: at 10,000 answers that is milliseconds instead of seconds), and is safe
-when several processes call it at once on the same file, as gunicorn workers do at start-up: the
-update is one `BEGIN IMMEDIATE` transaction that compares the digests again once it holds the
-write lock, so the second worker finds the work done; readers never see a half-built index.
+not the knowledge base), and is safe when several processes call it at once on the same file, as
+gunicorn workers do at start-up: the update is one `BEGIN IMMEDIATE` transaction that compares
+the digests again once it holds the write lock, so the second worker finds the work done;
+readers never see a half-built index.
 
-`search` takes free text as a learner types it. It never hands that text to FTS5's query
+`candidates` takes free text as a learner types it. It never hands that text to FTS5's query
 syntax: the text is split into words, English function words are dropped, a few synonyms and
 British/American spellings are added, each term is quoted and the terms are OR-ed, so an answer
-that matches only some of them still ranks. The score is BM25 over the whole answer (title and
-aliases weighted most) plus BM25 over its questions alone (title and aliases).
-
-This whole-answer ranking is the service's lexical ranker from before the hybrid lookup
-(`kb.search.lookup`, which uses the short-fields table below as its lexical stage); its settings were
-chosen on the project's own phrasings (`tests/lookup_cases.py`), and prefix queries (`"init"*`)
-are left out: they cost a look-up or two.
+that matches only some of them still ranks. The score is BM25 over the row (title and aliases
+weighted most) plus BM25 over its questions alone. Prefix queries (`"init"*`) are left out: they
+cost a look-up or two. (The whole-answer ranker that came before the hybrid lookup is kept as a
+baseline in `bench/baseline_ranker.py`.)
 """
 from __future__ import annotations
 
@@ -34,52 +33,42 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from kb.format.answer import Answer, split_lines
-from kb.format.blocks import Prose, blocks
+from kb.format.answer import Answer
 from kb.store.database import Database
 
 log = logging.getLogger(__name__)
 
 # Bump when what is indexed, or how, changes: the next `rebuild` then rebuilds.
-INDEX_VERSION = "2"
+INDEX_VERSION = "3"  # 3: the whole-answer table `search_fts` is gone
 
-COLUMNS = ("title", "aliases", "summary", "tags", "body")       # then slug, UNINDEXED
-# BM25 weight per column. FTS5 adds the weighted hits of a term over the columns before BM25
-# saturates them, so a word said 30 times in the body would count as much as one in the title
-# unless the body's weight is small.
-WEIGHTS = (2.0, 2.0, 1.0, 1.0, 0.3)
+# Each answer's questions and tags: the posting lists hold a few words per answer instead of a
+# whole body, so at 10,000 answers a query costs a millisecond or two instead of tens. The
+# semantic stage of the lookup reads the summaries and the bodies (by section).
+COLUMNS = ("title", "aliases", "tags")       # then slug, UNINDEXED
+# BM25 weight per column (FTS5 adds the weighted hits of a term over the columns before BM25
+# saturates them).
+WEIGHTS = (2.0, 2.0, 1.0)
 # The answer's questions (title and aliases) are also scored on their own and added, so a query
 # that reads like one of the questions wins even against an answer that uses its words more.
-QUESTION_WEIGHTS = (1.0, 1.0, 0.0, 0.0, 0.0)
+QUESTION_WEIGHTS = (1.0, 1.0, 0.0)
 QUESTION_BOOST = 0.5
 # FTS5's bm25() takes a word's IDF as log((N - n + 0.5) / (n + 0.5)), floored at 1e-6: a word in
 # half the rows or more counts for nothing, which in a small knowledge base silences "sigmoid" or
 # "relu" (in most answers about activations). Empty padding rows (slug NULL, they match nothing)
 # make N five times the number of answers, so every word that is not in every answer keeps a
-# weight. Measured on tests/lookup_cases.py when it held 87 phrasings over 18 answers: top-1
-# 0.69 without padding, 0.87 with it.
+# weight. Measured on tests/lookup_cases.py when it held 87 phrasings over 18 answers (with the
+# whole-answer ranker of then): top-1 0.69 without padding, 0.87 with it.
 PAD_ROWS_PER_ANSWER = 4
 TOKENIZE = "porter unicode61 remove_diacritics 2"
-FTS_SQL = (f"CREATE VIRTUAL TABLE search_fts USING fts5({', '.join(COLUMNS)}, slug UNINDEXED, "
+FTS_SQL = (f"CREATE VIRTUAL TABLE search_short USING fts5({', '.join(COLUMNS)}, slug UNINDEXED, "
            f"tokenize = '{TOKENIZE}')")
 DOCS_SQL = "CREATE TABLE search_docs (slug TEXT PRIMARY KEY, digest TEXT NOT NULL, row INTEGER NOT NULL)"
 META_SQL = "CREATE TABLE IF NOT EXISTS search_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-INSERT_SQL = (f"INSERT INTO search_fts ({', '.join(COLUMNS)}, slug) "
+INSERT_SQL = (f"INSERT INTO search_short ({', '.join(COLUMNS)}, slug) "
               f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})")
-# What the stored index was built with: any change and the next `rebuild` starts from scratch.
-# The lexical stage of `kb.search.lookup` searches the answers' questions (title, aliases) and tags only,
-# in a table of their own: its posting lists hold a few words per answer instead of a whole body,
-# so at 10,000 answers a query costs a millisecond or two instead of tens. The semantic stage
-# reads the summaries and the bodies (by section).
-SHORT_COLUMNS = ("title", "aliases", "tags")
-SHORT_WEIGHTS = tuple(WEIGHTS[COLUMNS.index(c)] for c in SHORT_COLUMNS)
-SHORT_QUESTION_WEIGHTS = tuple(QUESTION_WEIGHTS[COLUMNS.index(c)] for c in SHORT_COLUMNS)
-SHORT_SQL = (f"CREATE VIRTUAL TABLE search_short USING fts5({', '.join(SHORT_COLUMNS)}, slug UNINDEXED, "
-             f"tokenize = '{TOKENIZE}')")
-SHORT_INSERT_SQL = (f"INSERT INTO search_short (rowid, {', '.join(SHORT_COLUMNS)}, slug) "
-                    f"VALUES ({', '.join('?' * (len(SHORT_COLUMNS) + 2))})")
 MAX_LEXICAL_TERMS = 12  # of a long post, the words the lexical stage looks for (its opening ones)
-SCHEMA_ID = json.dumps([INDEX_VERSION, FTS_SQL, DOCS_SQL, SHORT_SQL, PAD_ROWS_PER_ANSWER])
+# What the stored index was built with: any change and the next `rebuild` starts from scratch.
+SCHEMA_ID = json.dumps([INDEX_VERSION, FTS_SQL, DOCS_SQL, PAD_ROWS_PER_ANSWER])
 BULK_FRACTION = 0.2  # re-indexing more than this share of the rows ends with an FTS5 'optimize'
 
 
@@ -102,19 +91,6 @@ please thanks thank hi hello anyone someone explain explanation understand quest
 """.split())
 
 WORD_RE = re.compile(r"[^\W_]+")          # letters and digits, as FTS5's unicode61 sees words
-LATEX_COMMAND_RE = re.compile(r"\\([A-Za-z]+)")
-LINK_TARGET_RE = re.compile(r"\]\([^)\s]*\)")
-COMMENT_RE = re.compile(r"#\s?(.*)$", re.M)
-STRING_RE = re.compile(r"([\"'])((?:\\.|(?!\1).)*)\1")
-
-# LaTeX commands that only lay out a formula; other commands are kept as words (\sigma -> sigma).
-LATEX_LAYOUT = frozenset("""
-frac dfrac tfrac left right cdot cdots ldots dots qquad quad mathrm mathbf mathit mathcal
-operatorname text textrm textbf big Big bigg Bigg lVert rVert lvert rvert odot times top
-over sqrt begin end limits nolimits displaystyle hat tilde bar vec partial nabla le leq ge geq
-ne neq approx equiv sim propto to rightarrow leftarrow Rightarrow mapsto in notin infty
-""".split())
-
 # British and American spellings of words a learner may type either way; -ise/-ize is by rule.
 SPELLINGS = {
     "center": "centre", "centers": "centres", "centered": "centred", "centering": "centring",
@@ -136,45 +112,19 @@ IZE_RE = re.compile(r"^(\w{3,}?)(i|y)([sz])(e|ed|es|ing|ation|ations|er|ers)$")
 
 
 # ---------------------------------------------------------------------------------------------
-# Text preparation
-
-
-def clean_body(markdown: str) -> str:
-    """The words of an answer's body: prose, words from formulas, code comments and strings.
-
-    Formulas keep their symbols' names (`\\sigma` becomes `sigma`, `\\varepsilon` `epsilon`)
-    but lose layout commands (`\\frac`, `\\left`...). Of a code fence only the comments and
-    string literals are kept (the claims of `check(...)`, plot titles): identifiers such as `np`,
-    `dZ`, `rng` would make every answer look alike. (Measured: keeping all code, none, or only
-    comments and strings changes the look-up rate by about one phrasing in 80.)
-    """
-    def code(text: str) -> str:
-        return "\n".join(COMMENT_RE.findall(text) + [s[1] for s in STRING_RE.findall(text)]) + "\n"
-
-    def command(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name in LATEX_LAYOUT:
-            return " "
-        return f" {name[3:] if name.startswith('var') else name} "
-
-    text = "\n".join("\n".join(block.lines) if isinstance(block, Prose) else code("\n".join(block.code))
-                     for block in blocks(split_lines(markdown)))
-    text = LATEX_COMMAND_RE.sub(command, text)       # backslashes are in formulas, in prose
-    return LINK_TARGET_RE.sub("]", text)
+# Queries and documents
 
 
 def document(answer: Answer) -> tuple[str, ...]:
     """The row indexed for an answer: the columns of `COLUMNS`, then the slug."""
-    return (answer.title, "\n".join(answer.aliases), answer.summary,
-            "\n".join(answer.tags), clean_body(answer.body), answer.slug)
+    return (answer.title, "\n".join(answer.aliases), "\n".join(answer.tags), answer.slug)
 
 
 def digest(answer: Answer) -> str:
     """A digest of what is indexed of an answer: equal digests, nothing to re-index.
 
-    It covers the fields as written, not as cleaned, so that an unchanged answer is recognised
-    without cleaning its body: bump `INDEX_VERSION` when `clean_body` changes. Each field is
-    length-prefixed, so no two different answers share the bytes hashed.
+    Each field is length-prefixed, so no two different answers share the bytes hashed; bump
+    `INDEX_VERSION` when what is indexed changes.
     """
     h = hashlib.blake2b(digest_size=16)
 
@@ -183,7 +133,7 @@ def digest(answer: Answer) -> str:
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
 
-    for text in (answer.slug, answer.title, answer.summary, answer.body):
+    for text in (answer.slug, answer.title):
         put(text)
     for items in (answer.aliases, answer.tags):
         h.update(len(items).to_bytes(8, "little"))
@@ -269,11 +219,10 @@ class SearchIndex:
         if self._schema_current(db):
             return
         db.execute(META_SQL)
-        db.execute("DROP TABLE IF EXISTS search_fts")
+        db.execute("DROP TABLE IF EXISTS search_fts")  # the whole-answer table of index versions 1-2
         db.execute("DROP TABLE IF EXISTS search_docs")
         db.execute("DROP TABLE IF EXISTS search_short")
         db.execute(FTS_SQL)
-        db.execute(SHORT_SQL)
         db.execute(DOCS_SQL)
         db.execute("DELETE FROM search_meta")
         db.execute("INSERT INTO search_meta VALUES ('schema', ?)", (SCHEMA_ID,))
@@ -306,17 +255,13 @@ class SearchIndex:
             stale = [slug for slug, old in indexed.items() if digests.get(slug) != old]
             fresh = sorted(slug for slug, new in digests.items() if indexed.get(slug) != new)
             for slug in stale:
-                db.execute("DELETE FROM search_fts WHERE rowid = (SELECT row FROM search_docs WHERE slug = ?)", (slug,))
                 db.execute("DELETE FROM search_short WHERE rowid = (SELECT row FROM search_docs WHERE slug = ?)", (slug,))
                 db.execute("DELETE FROM search_docs WHERE slug = ?", (slug,))
             for slug in fresh:
                 row = db.execute(INSERT_SQL, document(wanted[slug])).lastrowid
-                fields = document(wanted[slug])
-                db.execute(SHORT_INSERT_SQL, (row, *(fields[COLUMNS.index(c)] for c in SHORT_COLUMNS), slug))
                 db.execute("INSERT INTO search_docs VALUES (?, ?, ?)", (slug, digests[slug], row))
             self._pad(db, PAD_ROWS_PER_ANSWER * len(digests))
             if len(stale) + len(fresh) > BULK_FRACTION * max(len(digests), 1):
-                db.execute("INSERT INTO search_fts (search_fts) VALUES ('optimize')")
                 db.execute("INSERT INTO search_short (search_short) VALUES ('optimize')")
         return True
 
@@ -325,31 +270,10 @@ class SearchIndex:
         have = int(self._meta(db, "padding") or 0)
         if wanted > have:
             db.executemany(INSERT_SQL, [("",) * len(COLUMNS) + (None,)] * (wanted - have))
-            db.executemany(SHORT_INSERT_SQL, [(None, *[""] * len(SHORT_COLUMNS), None)] * (wanted - have))
         elif wanted < have:
-            db.execute("DELETE FROM search_fts WHERE rowid IN "
-                       "(SELECT rowid FROM search_fts WHERE slug IS NULL LIMIT ?)", (have - wanted,))
             db.execute("DELETE FROM search_short WHERE rowid IN "
                        "(SELECT rowid FROM search_short WHERE slug IS NULL LIMIT ?)", (have - wanted,))
         db.execute("INSERT OR REPLACE INTO search_meta VALUES ('padding', ?)", (str(wanted),))
-
-    def search(self, query: str, limit: int = 5) -> list[dict[str, Any]]:
-        """The best answers for free text, best first: [{"slug", "title", "summary", "score"}].
-
-        `score` is positive, higher is better: BM25 over the whole answer plus BM25 over its
-        questions (FTS5's bm25() is negative, better is lower, so both are negated). Never
-        raises, whatever the query; a query without a searchable word gives [].
-        """
-        try:
-            limit = max(0, min(int(limit), 1_000_000))
-        except (TypeError, ValueError, OverflowError):
-            limit = 5
-        expression = match_expression(query)
-        if expression is None or limit == 0:
-            return []
-        rows = self._ranked("search_fts", WEIGHTS, QUESTION_WEIGHTS, "f.slug, f.title, f.summary", expression, limit)
-        return [{"slug": slug, "title": title, "summary": summary, "score": score}
-                for slug, title, summary, score in rows]
 
     def _ranked(self, table: str, weights: tuple[float, ...], question_weights: tuple[float, ...], columns: str,
                 expression: str, limit: int) -> list[tuple[Any, ...]]:
@@ -376,14 +300,14 @@ class SearchIndex:
     def candidates(self, query: str, limit: int = 30) -> list[tuple[str, float]]:
         """The lexical stage of `kb.search.lookup`: [(slug, score)] of the best BM25 matches, best first.
 
-        `search`'s ranking over the questions and tags (`SHORT_COLUMNS`) and the first
-        `MAX_LEXICAL_TERMS` words of the query: the semantic stage carries recall.
+        Only the first `MAX_LEXICAL_TERMS` words of the query are looked for: the semantic stage
+        carries recall. Never raises, whatever the query; one without a searchable word gives [].
         """
         expression = match_expression(" ".join(query_terms(query)[:MAX_LEXICAL_TERMS]))
         if expression is None or limit <= 0:
             return []
         return [(slug, score) for slug, score in
-                self._ranked("search_short", SHORT_WEIGHTS, SHORT_QUESTION_WEIGHTS, "f.slug", expression, limit)]
+                self._ranked("search_short", WEIGHTS, QUESTION_WEIGHTS, "f.slug", expression, limit)]
 
     def static_tables(self) -> dict[str, Any]:
         """What the static export's search (service/static/search.js) needs to rank exactly as
@@ -395,13 +319,13 @@ class SearchIndex:
         db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.search_short_terms USING fts5vocab(main, search_short, instance)")
         slugs = dict(db.execute("SELECT rowid, slug FROM search_short WHERE slug IS NOT NULL"))
         terms: dict[str, dict[str, list[int]]] = {slug: {} for slug in slugs.values()}
-        lengths = {slug: [0] * len(SHORT_COLUMNS) for slug in slugs.values()}
+        lengths = {slug: [0] * len(COLUMNS) for slug in slugs.values()}
         for term, row, column, _ in db.execute("SELECT term, doc, col, offset FROM temp.search_short_terms"):
             slug = slugs.get(row)
             if slug is None:
                 continue
-            c = SHORT_COLUMNS.index(column)
-            counts = terms[slug].setdefault(term, [0] * len(SHORT_COLUMNS))
+            c = COLUMNS.index(column)
+            counts = terms[slug].setdefault(term, [0] * len(COLUMNS))
             counts[c] += 1
             lengths[slug][c] += 1
         rows = db.execute("SELECT count(*) FROM search_short").fetchone()[0]
@@ -409,7 +333,7 @@ class SearchIndex:
             "stop_words": sorted(STOP_WORDS), "synonyms": [[list(k), v] for k, v in SYNONYMS.items()],
             "spellings": SPELLINGS, "ize": IZE_RE.pattern, "max_query_chars": MAX_QUERY_CHARS,
             "max_terms": MAX_TERMS, "max_term_chars": MAX_TERM_CHARS, "max_lexical_terms": MAX_LEXICAL_TERMS,
-            "weights": SHORT_WEIGHTS, "question_weights": SHORT_QUESTION_WEIGHTS, "question_boost": QUESTION_BOOST,
+            "weights": WEIGHTS, "question_weights": QUESTION_WEIGHTS, "question_boost": QUESTION_BOOST,
             "rows": rows,
             "answers": {slug: {"terms": terms[slug], "lengths": lengths[slug]} for slug in sorted(terms)},
         }

@@ -9,8 +9,10 @@ Each answer gets a few features (best similarity to one of its questions, to its
 of its sections, how far it is behind the best answer, and its BM25 score relative to the best
 BM25 score of the query, and how strong that is); a logistic model over them ranks, and a second
 one, over the rank score and the best similarity, gives the score: a calibrated probability, in
-[0, 1], that the answer is the one asked for. The weights and the `CONFIDENT` threshold were fitted on the dev split of `tests/lookup_eval/` with
-`bench/lookup_fit.py` (never on the test split); see the README's search section.
+[0, 1], that the answer is the one asked for; a third, over the top scores and margins, says
+whether the first result is confidently the one asked for. The weights (`weights.json`) were fitted
+on the dev split of `tests/lookup_eval/` with `python -m kb.search.fit` (never on the test split);
+see docs/search.md.
 
 A result names the section that matched best, so a link goes straight to it
 (`/answers/<slug>#<anchor>`); the anchor is the id `kb.render.markdown` gives that heading.
@@ -18,6 +20,7 @@ A result names the section that matched best, so a link goes straight to it
 from __future__ import annotations
 
 import copy
+import hashlib
 import html
 import json
 import logging
@@ -38,15 +41,28 @@ import numpy.typing as npt
 from markdown.extensions.toc import slugify, unique
 
 from kb.format.answer import Answer, split_lines
-from kb.format.blocks import Fence, blocks
+from kb.format.blocks import Fence, Prose, blocks
 
 from .embeddings import Embedder, EmbeddingCache
-from .index import SearchIndex, clean_body, digest
+from .index import SearchIndex
 
 log = logging.getLogger(__name__)
 HEADING_RE = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
 LINK_RE = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 INLINE_MARKS_RE = re.compile(r"`+|\*+|(?<!\w)_+|_+(?!\w)|<[^>]+>")
+# What `clean_body` keeps of a body.
+LATEX_COMMAND_RE = re.compile(r"\\([A-Za-z]+)")
+LINK_TARGET_RE = re.compile(r"\]\([^)\s]*\)")
+COMMENT_RE = re.compile(r"#\s?(.*)$", re.M)
+STRING_RE = re.compile(r"([\"'])((?:\\.|(?!\1).)*)\1")
+
+# LaTeX commands that only lay out a formula; other commands are kept as words (\sigma -> sigma).
+LATEX_LAYOUT = frozenset("""
+frac dfrac tfrac left right cdot cdots ldots dots qquad quad mathrm mathbf mathit mathcal
+operatorname text textrm textbf big Big bigg Bigg lVert rVert lvert rvert odot times top
+over sqrt begin end limits nolimits displaystyle hat tilde bar vec partial nabla le leq ge geq
+ne neq approx equiv sim propto to rightarrow leftarrow Rightarrow mapsto in notin infty
+""".split())
 
 WEIGHTS_FILE = Path(__file__).with_name("weights.json")
 
@@ -110,6 +126,30 @@ def _heading_text(markdown: str) -> str:
     return html.unescape(INLINE_MARKS_RE.sub("", LINK_RE.sub(r"\1", markdown))).strip()
 
 
+def clean_body(markdown: str) -> str:
+    """The words of an answer's body: prose, words from formulas, code comments and strings.
+
+    Formulas keep their symbols' names (`\\sigma` becomes `sigma`, `\\varepsilon` `epsilon`)
+    but lose layout commands (`\\frac`, `\\left`...). Of a code fence only the comments and
+    string literals are kept (the claims of `check(...)`, plot titles): identifiers such as `np`,
+    `dZ`, `rng` would make every answer look alike. (Measured: keeping all code, none, or only
+    comments and strings changes the look-up rate by about one phrasing in 80.)
+    """
+    def code(text: str) -> str:
+        return "\n".join(COMMENT_RE.findall(text) + [s[1] for s in STRING_RE.findall(text)]) + "\n"
+
+    def command(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in LATEX_LAYOUT:
+            return " "
+        return f" {name[3:] if name.startswith('var') else name} "
+
+    text = "\n".join("\n".join(block.lines) if isinstance(block, Prose) else code("\n".join(block.code))
+                     for block in blocks(split_lines(markdown)))
+    text = LATEX_COMMAND_RE.sub(command, text)       # backslashes are in formulas, in prose
+    return LINK_TARGET_RE.sub("]", text)
+
+
 def sections(answer: Answer) -> list[Section]:
     """The answer's body cut at its headings (ATX headings outside code fences), in order."""
     found: list[tuple[str, str, list[str]]] = []
@@ -149,6 +189,18 @@ class _Units:
     kind: tuple[int, ...]                      # 0 a question (title or alias), 1 the summary, 2 a section
     section: tuple[Section | None, ...]
     vectors: npt.NDArray[np.float32] | None = None
+
+
+def digest(answer: Answer) -> str:
+    """A digest of what the semantic stage embeds of an answer (its questions, summary and body, as
+    written): equal digests, nothing to re-section or embed. (`kb.search.index.digest` covers only
+    what the lexical stage indexes.) Each field is length-prefixed."""
+    h = hashlib.blake2b(digest_size=16)
+    for text in (answer.slug, answer.title, answer.summary, answer.body, *answer.aliases):
+        data = text.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
 
 
 def _units(answer: Answer) -> _Units:
@@ -402,7 +454,7 @@ class Lookup:
         matrix = np.stack([best[0], best[1], best[2], overall.max() - overall, lexical, strength], axis=1)
         return chosen, matrix, (rows, offsets, similarity)
 
-    def search(self, query: object, limit: int = 5) -> dict[str, Any]:
+    def lookup(self, query: object, limit: int = 5) -> dict[str, Any]:
         """{"confident", "fit", "ready", "shown", "results": [{slug, title, summary, score, section}]},
         best first.
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import platform
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NotRequired, TypedDict
@@ -27,6 +28,8 @@ class Check(TypedDict):
     passed: bool
     value: str | None  # None: `check` was given no value
     line: int | None  # None: called where no frame of the answer is on the stack (another thread)
+    identity: NotRequired[str]  # check(..., identity="why"): an identity shown on purpose (kb audit)
+    audit: NotRequired[dict[str, Any]]  # added when served: what `kb audit` found (kb.audit.annotate)
 
 
 class Error(TypedDict):
@@ -55,6 +58,7 @@ class SnippetEvidence(TypedDict):
     figures: list[Figure]
     checks: list[Check]
     attrs: NotRequired[list[str]]
+    notes: NotRequired[list[str]]  # what `bounded` cut or replaced, as sentences (a page and `kb check` show them)
 
 
 class Evidence(TypedDict):
@@ -66,10 +70,106 @@ class Evidence(TypedDict):
     snippets: list[SnippetEvidence]
     key: NotRequired[str]  # internal: the cache key it was stored under
     limits: NotRequired[dict[str, float]]  # internal: the runner's limits it ran with
+    audit: NotRequired[dict[str, Any]]  # added when served: the answer's `kb audit` summary
+    variants: NotRequired[list[dict[str, Any]]]  # internal: `kb audit`'s forks (Runner.run(variants=…))
+    transient: NotRequired[bool]  # internal: the runner failed, not the answer; never stored
 
 RUNNER_VERSION = "1"
 STATUS_ORDER = ("timeout", "error", "failed", "passed")
-INTERNAL = {"key", "limits"}  # stored with the evidence, not part of its public shape
+INTERNAL = {"key", "limits", "variants", "transient"}  # stored with the evidence, not part of its public shape
+
+
+# Bounds of what one snippet's evidence may hold besides its output (which the child caps):
+# beyond them the record is cut, the snippet flagged `truncated` and the cut described in `notes`.
+MAX_CHECKS = 1000  # checks per snippet
+MAX_CLAIM = 2000  # characters of a claim
+MAX_MESSAGE = 2000  # characters of an error's message
+MAX_TRACEBACK = 8000  # characters of a traceback (its end)
+MAX_ALT = 500  # characters of a figure's alt text
+MAX_FIGURES = 20  # figures per snippet
+MAX_FIGURE = 2 << 20  # bytes of one figure's SVG
+SURROGATE = re.compile("[\ud800-\udfff]")  # not text: no UTF-8 encoder takes them (print("\udcff"))
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # what a terminal would act on rather than show
+
+
+def clean_text(text: str) -> str:
+    """`text` with every lone surrogate replaced by U+FFFD, so that it encodes as UTF-8."""
+    return SURROGATE.sub("\ufffd", text)
+
+
+def printable(text: str) -> str:
+    """`text` safe to print to a terminal: control characters (ESC included) shown as escapes."""
+    return CONTROL.sub(lambda m: repr(m[0])[1:-1], clean_text(text))
+
+
+def _cut(text: str, limit: int, what: str, notes: list[str], keep_end: bool = False) -> str:
+    if len(text) <= limit:
+        return text
+    notes.append(f"{what} cut at {limit:,} of {len(text):,} characters")
+    return "…" + text[-limit:] if keep_end else text[:limit] + "…"
+
+
+def bounded(snippet: SnippetEvidence) -> SnippetEvidence:
+    """The snippet's evidence within the bounds above, its text encodable (lone surrogates
+    replaced): what a run returns is what a page, the API, the export and `kb check` can show,
+    at a bounded cost. Applied to every result a child sends (`kb.run.runner`) and to records
+    read from the store. Anything cut or replaced is flagged (`truncated`) and described (`notes`)."""
+    notes = list(snippet.get("notes", []))
+    if snippet["truncated"] and not notes:  # the child cut the output at its cap
+        notes.append("output truncated at the runner's cap")
+    before = len(notes)
+    replaced = 0
+
+    def clean(text: str, what: str, limit: int | None = None, keep_end: bool = False) -> str:
+        nonlocal replaced
+        if not isinstance(text, str):
+            text = str(text)
+        if SURROGATE.search(text):
+            replaced += len(SURROGATE.findall(text))
+            text = SURROGATE.sub("\ufffd", text)
+        return text if limit is None else _cut(text, limit, what, notes, keep_end)
+
+    out: SnippetEvidence = {**snippet, "code": clean(snippet["code"], "the code"), "stdout": clean(snippet["stdout"], "stdout"),
+                            "stderr": clean(snippet.get("stderr", ""), "stderr")}
+    checks = snippet["checks"]
+    if len(checks) > MAX_CHECKS:
+        dropped = checks[MAX_CHECKS:]
+        failing = sum(not c["passed"] for c in dropped)
+        notes.append(f"{len(dropped):,} checks beyond the first {MAX_CHECKS:,} not kept"
+                     + (f" ({failing:,} of them failed)" if failing else ""))
+        checks = checks[:MAX_CHECKS]
+    out["checks"] = [{**c, "claim": clean(c["claim"], "a claim", MAX_CLAIM),
+                      "value": None if c["value"] is None else clean(c["value"], "a value", MAX_CLAIM)} for c in checks]
+    error = snippet["error"]
+    if error is not None:
+        out["error"] = {**error, "type": clean(error["type"], "the error's type", 200),
+                        "message": clean(error["message"], "the error message", MAX_MESSAGE),
+                        "traceback": None if error.get("traceback") is None
+                        else clean(error["traceback"] or "", "the traceback", MAX_TRACEBACK, keep_end=True)}
+    figures = snippet["figures"]
+    kept: list[Figure] = []
+    for figure in figures:
+        svg = figure.get("svg")
+        if len(kept) == MAX_FIGURES:
+            notes.append(f"{len(figures) - MAX_FIGURES} figures beyond the first {MAX_FIGURES} not kept")
+            break
+        if svg is not None and len(svg) > MAX_FIGURE:
+            notes.append(f"figure {figure['name']} not kept: {len(svg) / 2**20:.1f} MiB of SVG, "
+                         f"over the limit of {MAX_FIGURE >> 20} MiB")
+            continue
+        item: Figure = {**figure, "alt": clean(figure.get("alt", ""), "a figure's alt text", MAX_ALT)}
+        if svg is not None:
+            item["svg"] = clean(svg, "a figure")
+        kept.append(item)
+    out["figures"] = kept
+    if replaced:
+        notes.append(f"{replaced:,} character{'s' if replaced != 1 else ''} that cannot be encoded "
+                     "(lone surrogates) replaced by U+FFFD")
+    if notes:
+        out["notes"] = notes
+    if len(notes) > before:
+        out["truncated"] = True
+    return out
 
 
 def environment() -> dict[str, str]:

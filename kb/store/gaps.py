@@ -4,11 +4,19 @@ Kept in the SQLite store (table `gaps`): the query normalised (case-folded, spac
 cut to `MAX_CHARS`), how often it was asked, when first and last. Nothing about who asked.
 Bounded: entries not asked for `MAX_AGE_DAYS` are dropped, and beyond `MAX_ENTRIES` the least
 asked (then the longest unseen) go. `python -m kb gaps` lists them, most asked first.
+
+Unlike the rest of the store, the gaps are not derived from `answers/`: they live in a file of
+their own beside it (`gaps_path`: `kb.sqlite3` -> `kb.gaps.sqlite3`), so that deleting the
+derived file, or moving a corrupt one aside, loses none of them. A file from before kept them
+in the store itself; they are copied over once.
 """
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
+from contextlib import closing
+from pathlib import Path
 from typing import TypedDict
 
 from .database import Database
@@ -31,13 +39,23 @@ def normalise(query: object) -> str:
     return " ".join(str(query or "").casefold().split())[:MAX_CHARS].strip()
 
 
+def gaps_path(db_path: str | os.PathLike[str]) -> Path:
+    """The gaps' own file beside the store: `.kb/kb.sqlite3` -> `.kb/kb.gaps.sqlite3`."""
+    path = Path(db_path)
+    return path.with_name(f"{path.stem}.gaps{path.suffix}")
+
+
 class Gaps:
     def __init__(self, db_path: str | os.PathLike[str], max_entries: int = MAX_ENTRIES,
                  max_age_days: float = MAX_AGE_DAYS) -> None:
-        self.database = Database(db_path)
+        path = gaps_path(db_path)
+        new = not path.exists()
+        self.database = Database(path)
         self.max_entries, self.max_age = max_entries, max_age_days * 86400
         with self.database.write() as db:
             db.execute(SCHEMA)
+            if new:
+                db.executemany("INSERT OR IGNORE INTO gaps VALUES (?, ?, ?, ?)", _kept_in_store(Path(db_path)))
 
     def record(self, query: object, now: float | None = None) -> None:
         """Count one more asking of `query` (normalised), then keep the table within its bounds."""
@@ -62,3 +80,15 @@ class Gaps:
 
 def _iso(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _kept_in_store(db_path: Path) -> list[tuple[str, int, float, float]]:
+    """The gaps an earlier version kept in the store itself (none if it cannot be read)."""
+    if not db_path.exists():
+        return []
+    try:
+        with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as old:
+            return old.execute("SELECT query, count, first_seen, last_seen FROM gaps").fetchall()
+    except sqlite3.Error:
+        return []
+
