@@ -1,8 +1,8 @@
 """The lookup evaluation set (`tests/lookup_eval/`): well formed, big enough, and not leaked.
 
 The set measures look-up on questions the ranker was not tuned on, so these tests guard what
-makes the measurement honest: the fixed dev/test split, real sources, and no test question
-copied into an answer's aliases.
+makes the measurement honest: the fixed dev/test split by source thread (no thread feeds both),
+real sources, and no alias cut from a test-split thread.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from lookup_eval import EvalSetError, load, split_of
 
 from kb.format.answer import load_answers
 from kb.search import evaluation
-from kb.search.evaluation import copied_from, near_duplicates, words
+from kb.search.evaluation import copied_from, near_duplicates, resplit, source_address, thread_of, words
 
 ROOT = Path(__file__).resolve().parent.parent
 MIN_REAL_IN_SCOPE = 300  # issue 9: at least 300 real learner phrasings (377 as merged)
@@ -36,7 +36,7 @@ def entries():
 
 def test_every_entry_is_valid(entries):
     assert entries, "the evaluation set is empty"
-    assert all(e.split == split_of(e.question, e.source) for e in entries)
+    assert all(e.split == split_of(e.source) for e in entries)
     assert not [e for e in entries if not e.real and e.split == "test"], "an own phrasing is in test"
 
 
@@ -56,16 +56,25 @@ def test_every_answer_has_real_phrasings(entries):
     assert not thin, f"answers with fewer than {MIN_REAL_PER_ANSWER} real phrasings: {thin}"
 
 
-# Aliases that are a cut of a test question, or the reverse, as merged: the pooling one was cut from a dev
-# quiz entry that a test post also quotes (code review L10); the other two are generic phrasings that
-# happen to open a test post. Answers are the content team's: the lead removes the pooling alias. Until
-# then the test figures leave these aliases out (`kb.search.fit.plain` drops every alias that
-# near-duplicates a test question), so no test question meets its copy.
-KNOWN_CUTS = {
-    ("pooling-has-no-parameters", "Because pooling layers do not have parameters, they do not affect the backpropagation"),
-    ("relu-vs-sigmoid", "What is the dying ReLU problem?"),
-    ("mini-batch-gradient-descent", "What is an epoch in mini-batch gradient descent?"),
-}
+def test_the_split_is_a_function_of_the_source_thread():
+    base = "https://community.deeplearning.ai/t/why-average/1234"
+    same = ["http://community.deeplearning.ai/t/why-average/1234/", "https://www.Community.DeepLearning.ai/t/why-average/1234",
+            "https://community.deeplearning.ai/t/why-average/1234?u=someone#post_3"]
+    assert {source_address(s) for s in [base, *same]} == {"community.deeplearning.ai/t/why-average/1234"}
+    assert {split_of(s) for s in [base, *same]} == {split_of(base)}
+    assert split_of("own") == "dev"
+    assert source_address("https://example.org/Path/Case") == "example.org/Path/Case", "only the host is lower-cased"
+    assert thread_of(f"{base}/7") == thread_of(base) == "community.deeplearning.ai/t/1234"
+    assert thread_of("https://stats.stackexchange.com/questions/5/why-l2/42") == "stats.stackexchange.com/questions/5"
+
+
+def test_no_thread_feeds_both_splits(entries):
+    splits: dict[str, set[str]] = {}
+    for e in entries:
+        if e.real:
+            splits.setdefault(thread_of(e.source), set()).add(e.split)
+    both = sorted(thread for thread, seen in splits.items() if len(seen) > 1)
+    assert not both, f"threads with questions in dev and in test (give a reply's thread as its source): {both}"
 
 
 def test_no_test_question_is_an_alias(entries):
@@ -77,15 +86,34 @@ def test_no_test_question_is_an_alias(entries):
     assert not leaked, f"test-split questions copied into aliases (tune on dev only): {leaked}"
 
 
-def test_no_alias_is_cut_from_a_test_question_nor_the_reverse(entries):
+def test_no_alias_is_cut_from_a_test_split_thread(entries):
+    """Aliases may be cut from dev questions only: none is a cut of a question of a test-split
+    thread, nor the reverse, nor a near-duplicate of one (`near_duplicates`)."""
     answers, _ = load_answers([ROOT / "answers"])
-    test = [e.question for e in entries if e.split == "test"]
+    test_threads = {thread_of(e.source) for e in entries if e.real and e.split == "test"}
+    test = [e.question for e in entries if e.real and thread_of(e.source) in test_threads]
     cut = [words(q) for q in test]
-    found = {(a.slug, alias) for a in answers.values() for alias in a.aliases
+    aliases = [(a.slug, alias) for a in answers.values() for alias in a.aliases]
+    found = {(slug, alias) for slug, alias in aliases
              if copied_from(alias, cut) or any(f" {q} " in f" {words(alias)} " for q in cut)}
-    unknown = {(slug, alias) for slug, alias in found
-               if not any(slug == s and alias.startswith(start) for s, start in KNOWN_CUTS)}
-    assert not unknown, f"aliases cut from test questions, or test questions cut from aliases: {unknown}"
+    near = {alias for alias, _ in near_duplicates([alias for _, alias in aliases], test)}
+    found |= {(slug, alias) for slug, alias in aliases if alias in near}
+    assert not found, f"aliases cut from test-split threads, or the reverse: {sorted(found)}"
+
+
+def test_resplit_rewrites_only_the_split_lines(tmp_path):
+    test_source = next(f"https://example.org/t/{n}" for n in range(100) if split_of(f"https://example.org/t/{n}") == "test")
+    text = (f"- q: |-\n    first line\n\n      split: dev\n  source: {test_source}\n  split: dev\n"
+            "- q: mine\n  source: own\n  split: test\n"
+            f"- q: another\n  source: {test_source}/\n  split: test\n")
+    (tmp_path / "out-of-scope.yaml").write_text(text, encoding="utf-8")
+    assert resplit(tmp_path, write=False) == ["out-of-scope.yaml entry 1: dev -> test", "out-of-scope.yaml entry 2: test -> dev"]
+    assert (tmp_path / "out-of-scope.yaml").read_text(encoding="utf-8") == text, "write=False changes nothing"
+    resplit(tmp_path)
+    assert (tmp_path / "out-of-scope.yaml").read_text(encoding="utf-8") == (
+        text.replace("  split: dev\n- q: mine", "  split: test\n- q: mine").replace("own\n  split: test", "own\n  split: dev"))
+    assert [e.split for e in load(tmp_path)] == ["test", "dev", "test"]
+    assert resplit(tmp_path) == []
 
 
 def test_near_duplicates_are_found_both_ways_and_kept_out_of_the_test_figures(entries):
@@ -105,7 +133,7 @@ def test_near_duplicates_are_found_both_ways_and_kept_out_of_the_test_figures(en
 
 def test_load_rejects_a_malformed_set(tmp_path):
     question = "Why does my cost become nan?"
-    wrong = "dev" if split_of(question, "https://example.org/q") == "test" else "test"
+    wrong = "dev" if split_of("https://example.org/q") == "test" else "test"
     (tmp_path / "gradient-averaging.yaml").write_text(
         f"- q: {question}\n  source: https://example.org/q\n  split: {wrong}\n"
         "- q: Mine, written here\n  source: own\n  split: test\n"
@@ -127,7 +155,7 @@ def test_load_rejects_a_malformed_set(tmp_path):
 def test_load_returns_records_and_filters_by_split(tmp_path):
     real = "How do I pick a mini-batch size?"
     (tmp_path / "mini-batch-gradient-descent.yaml").write_text(
-        f"- q: {real}\n  source: https://example.org/t/1\n  split: {split_of(real, 'x')}\n"
+        f"- q: {real}\n  source: https://example.org/t/1\n  split: {split_of('https://example.org/t/1')}\n"
         "- q: batch size, what to choose\n  source: own\n  split: dev\n", encoding="utf-8")
     (tmp_path / "out-of-scope.yaml").write_text(
         "- q: How do I get my certificate?\n  source: own\n  split: dev\n", encoding="utf-8")

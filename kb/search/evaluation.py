@@ -3,20 +3,27 @@
 The data is `tests/lookup_eval/` of the project's checkout (`KB_EVAL_DIR` points elsewhere):
 one YAML file per expected answer (`<slug>.yaml`) plus `out-of-scope.yaml`, whose questions the
 knowledge base does not answer. Each entry is `{q, source, split}`; the split is fixed by a hash
-of the question (see `split_of`), so nobody can move a question between dev and test. Tune on
-dev, report test. `load()` returns every entry as an `Entry` and refuses a malformed set;
+of the source thread's address (see `split_of`), so nobody can move a question between dev and
+test, and the questions of one thread all land in the same split. Tune on dev, report test. `load()` returns every entry as an `Entry` and refuses a malformed set;
 `entries(split)` is what the fit (`kb.search.fit`), the benchmarks and the tests read: the split's
 (question, slug) pairs, dev with the project's own phrasings (`tests/lookup_cases.py`).
 Format, sources and how to add entries: tests/lookup_eval/README.md.
+
+    python -m kb.search.evaluation --resplit   # rewrite every entry's `split:` by the rule
+    python -m kb.search.evaluation --check     # list the entries whose `split:` the rule contradicts
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import re
 import runpy
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -30,6 +37,12 @@ NEW_SLUGS: frozenset[str] = frozenset()
 SPLITS = ("dev", "test")
 KEYS = {"q", "source", "split"}
 _URL = re.compile(r"https?://\S+")
+# An entry's `split:` line as the files write it (the list item's own key, never a line of `q`).
+SPLIT_LINE = re.compile(r"^(- |  )split:[ \t]*(\S*)[ \t]*$")
+# The same thread under two addresses: a Discourse topic with a post number
+# (/t/<slug>/<id>/<post>), a Stack Exchange question with an answer's id or another slug.
+DISCOURSE_RE = re.compile(r"^([^/]+)/t/(?:[^/]+/)?(\d+)(?:/\d+)?$")
+STACK_EXCHANGE_RE = re.compile(r"^([^/]+)/(?:q|questions)/(\d+)(?:/.*)?$")
 
 
 class EvalSetError(ValueError):
@@ -50,11 +63,34 @@ class Entry:
         return self.source != "own"
 
 
-def split_of(question: str, source: str) -> str:
-    """The fixed split: test when sha256 of the stripped question starts with 0-7, else dev."""
+def source_address(source: str) -> str:
+    """The source page's address, normalised: scheme, `www.`, query and fragment dropped, no
+    trailing slash, host lower-cased (`https://www.Example.org/t/x/1/?u=2#p3` -> `example.org/t/x/1`)."""
+    parts = urlsplit(source.strip())
+    host = parts.netloc.lower()
+    host = host[4:] if host.startswith("www.") else host
+    return host + parts.path.rstrip("/")
+
+
+def split_of(source: str) -> str:
+    """The fixed split, by source thread: `own` is dev; otherwise test when sha256 of the
+    normalised address (`source_address`) starts with a hex digit 0-7, else dev. All the questions
+    cut from one thread land in one split, so no thread feeds both."""
     if source == "own":
         return "dev"
-    return "test" if hashlib.sha256(question.strip().encode("utf-8")).hexdigest()[0] in "01234567" else "dev"
+    return "test" if hashlib.sha256(source_address(source).encode("utf-8")).hexdigest()[0] in "01234567" else "dev"
+
+
+def thread_of(source: str) -> str:
+    """The thread a source page belongs to, for the leak check: its normalised address, with a
+    Discourse post number or a Stack Exchange answer's id and slug dropped. (The split hashes the
+    address itself: give a reply's thread as its source, not the reply's own link.)"""
+    address = source_address(source)
+    for pattern, form in ((DISCOURSE_RE, "{}/t/{}"), (STACK_EXCHANGE_RE, "{}/questions/{}")):
+        match = pattern.match(address)
+        if match:
+            return form.format(*match.groups())
+    return address
 
 
 def known_slugs(answers_dir: Path = ANSWERS) -> set[str]:
@@ -93,8 +129,9 @@ def load(directory: Path = HERE, answers_dir: Path = ANSWERS, split: str | None 
             if source != "own" and not (isinstance(source, str) and _URL.fullmatch(source)):
                 problems.append(f"{where}: source must be the page's address or 'own', not {source!r}")
                 continue
-            if chosen != split_of(question, source):
-                problems.append(f"{where}: split is {chosen!r} but the rule gives {split_of(question, source)!r}")
+            if chosen != split_of(source):
+                problems.append(f"{where}: split is {chosen!r} but the rule gives {split_of(source)!r} "
+                                "(python -m kb.search.evaluation --resplit)")
                 continue
             key = " ".join(question.casefold().split())
             if key in seen:
@@ -132,6 +169,13 @@ def entries(split: str, directory: Path = HERE, answers_dir: Path = ANSWERS) -> 
         dropped = leaked(Path(directory), Path(answers_dir))
         out = [(q, slug) for q, slug in out if q not in dropped]
     return out
+
+
+def threads(directory: Path = HERE, answers_dir: Path = ANSWERS) -> dict[str, str]:
+    """Each real question's thread (`thread_of` its source): the fit's folds keep a thread together."""
+    if not (Path(directory) / f"{OUT_OF_SCOPE}.yaml").is_file():
+        return {}
+    return {e.question: thread_of(e.source) for e in load(directory, answers_dir) if e.real}
 
 
 _LEAKED: dict[tuple[Path, Path], frozenset[str]] = {}
@@ -201,3 +245,49 @@ def near_duplicates(first: list[str], second: list[str], share: float = 0.5) -> 
                     or shared.get(j, 0) >= share * min(len(sa), len(prints[j]))):
                 found.append((a, second[j]))
     return found
+
+
+def resplit(directory: Path = HERE, write: bool = True) -> list[str]:
+    """Set every entry's `split:` to what `split_of` gives (after a rule change, or for new
+    entries), editing only those lines; return `file entry N: old -> new` for each change."""
+    changes = []
+    for path in sorted(Path(directory).glob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        items = yaml.safe_load(text)
+        lines = text.splitlines(keepends=True)
+        at = [i for i, line in enumerate(lines) if SPLIT_LINE.match(line.rstrip("\r\n"))]
+        if not isinstance(items, list) or len(at) != len(items) or not all(isinstance(x, dict) for x in items):
+            raise EvalSetError(f"{path.name}: cannot find one `split:` line per entry; fix the file by hand")
+        for number, (i, item) in enumerate(zip(at, items, strict=True), 1):
+            wanted = split_of(str(item.get("source", "")))
+            line = lines[i]
+            match = SPLIT_LINE.match(line.rstrip("\r\n"))
+            assert match is not None
+            if match[2] != wanted:
+                changes.append(f"{path.name} entry {number}: {match[2]} -> {wanted}")
+                lines[i] = f"{match[1]}split: {wanted}{line[len(line.rstrip(chr(13) + chr(10))):]}"
+        new = "".join(lines)
+        if write and new != text:
+            rewritten = yaml.safe_load(new)
+            assert [{**x, "split": None} for x in rewritten] == [{**x, "split": None} for x in items]
+            path.write_text(new, encoding="utf-8")
+    return changes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kb.search.evaluation",
+                                     description="The lookup evaluation set: check it, or rewrite its splits by the rule.")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--resplit", action="store_true", help="rewrite every entry's `split:` by the rule (split_of)")
+    action.add_argument("--check", action="store_true", help="list the entries whose `split:` the rule contradicts")
+    parser.add_argument("--dir", default=str(HERE), help="the set's directory (default: %(default)s)")
+    args = parser.parse_args(argv)
+    changes = resplit(Path(args.dir), write=args.resplit)
+    for change in changes:
+        print(change)
+    print(f"{len(changes)} split(s) {'rewritten' if args.resplit else 'contradict the rule'}", file=sys.stderr)
+    return 1 if args.check and changes else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

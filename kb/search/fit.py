@@ -7,7 +7,8 @@ Dev questions are also the answers' aliases (learners' phrasings are added from 
 test), and a question scored against its own copy matches perfectly: a fit on that would trust
 alias similarity far more than a new question deserves. So the questions are scored in folds,
 each by a lookup whose answers lack the aliases cut from the fold's own questions (cross-fitting),
-and every fit below uses those honest features.
+and every fit below uses those honest features. A fold holds whole source threads (`folds_of`), so
+no question meets an alias cut from another question of its own thread.
 
 1. The ranking model: a logistic regression over every (dev question, answer) pair: 1 for the
    expected answer, 0 for the others and for every answer of an out-of-scope question.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -75,14 +77,23 @@ def build(db_path: str | os.PathLike[str] = CACHE, answers: Iterable[Answer] | N
     return lookup
 
 
+def folds_of(entries: Sequence[tuple[str, str | None]], folds: int = FOLDS) -> npt.NDArray[np.int64]:
+    """Each question's fold: a hash of its source thread (`evaluation.thread_of`; an own phrasing
+    is a thread of its own), so the questions of one thread always share a fold."""
+    threads = ev.threads()
+    keys = [threads.get(question, question) for question, _ in entries]
+    return np.array([int(hashlib.sha256(k.encode("utf-8")).hexdigest()[:8], 16) % folds for k in keys], np.int64)
+
+
 def cross_fitted(entries: Sequence[tuple[str, str | None]], folds: int = FOLDS,
                  db_path: str | os.PathLike[str] = CACHE) -> Scored:
     """(slugs considered, feature matrix) per question, each computed by a lookup built without
-    the aliases cut from the questions of its fold."""
+    the aliases cut from the questions of its fold (`folds_of`)."""
     answers = list(load_answers([ev.ANSWERS])[0].values())
     out: list[Any] = [None] * len(entries)
+    fold_of = folds_of(entries, folds)
     for fold in range(folds):
-        mine = [i for i in range(len(entries)) if i % folds == fold]
+        mine = [i for i in range(len(entries)) if fold_of[i] == fold]
         questions = [ev.words(entries[i][0]) for i in mine]
         lookup = build(db_path, [dataclasses.replace(a, aliases=tuple(x for x in a.aliases if not ev.copied_from(x, questions)))
                                  for a in answers])
@@ -163,7 +174,7 @@ def judge(found: list[Outcome], weights: Weights) -> list[Outcome]:
     return found
 
 
-def fit_confidence(found: list[Outcome]) -> tuple[tuple[float, ...], float]:
+def fit_confidence(found: list[Outcome], fold: npt.NDArray[np.int64] | None = None) -> tuple[tuple[float, ...], float]:
     """The confidence model (fitted on all of dev) and the lowest threshold whose precision reaches
     `TARGET_PRECISION`, judged on each question's prediction by a model fitted on the other folds
     (in-sample predictions would flatter the threshold)."""
@@ -171,7 +182,7 @@ def fit_confidence(found: list[Outcome]) -> tuple[tuple[float, ...], float]:
     y = np.array([float(o.ranked[0] == o.slug) for o in found])
     sample = np.array([OUT_OF_SCOPE_WEIGHT if o.slug is None else 1.0 for o in found])
     held_out = np.zeros(len(found))
-    fold = np.arange(len(found)) % FOLDS
+    fold = np.arange(len(found)) % FOLDS if fold is None else fold
     for k in range(FOLDS):
         m = logistic(x[fold != k], y[fold != k], sample[fold != k])
         held_out[fold == k] = 1 / (1 + np.exp(-(m[0] + x[fold == k] @ np.array(m[1:]))))
@@ -227,13 +238,14 @@ def fit(dev: Sequence[tuple[str, str | None]], scored: Scored) -> Weights:
     base = Weights(FEATURES, ranking_weights, calibration, (0.0,) * (1 + len(CONFIDENCE_FEATURES)),
                    {"confident": 0.99, "two": 2.0, "two_gap": 0.0, "shown": SHOWN_FLOOR})
     found = outcomes(dev, scored, base)
-    model, threshold = fit_confidence(found)
+    model, threshold = fit_confidence(found, folds_of(dev))
     weights = dataclasses.replace(base, confident=model, thresholds={**base.thresholds, "confident": threshold})
     two, gap = fit_two(found, weights)
     weights = dataclasses.replace(weights, thresholds={**weights.thresholds, "two": two, "two_gap": gap})
     summary = table(judge(found, weights))
     fitted = {"at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "by": "python -m kb.search.fit",
               "dev_questions": len(dev), "dev_out_of_scope": sum(s is None for _, s in dev), "folds": FOLDS,
+              "split": "by source thread (kb.search.evaluation.split_of)", "folds_by": "source thread",
               "cross_fitted_dev": {k: round(v, 4) for k, v in summary.items()},
               "confidence_features": list(CONFIDENCE_FEATURES)}
     return dataclasses.replace(weights, dev_hash=ev.dev_hash(list(dev)), fitted=fitted)

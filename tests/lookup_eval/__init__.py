@@ -10,5 +10,8 @@ from kb.search.evaluation import (  # noqa: F401
     EvalSetError,
     known_slugs,
     load,
+    resplit,
+    source_address,
     split_of,
+    thread_of,
 )
