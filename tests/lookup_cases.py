@@ -144,7 +144,7 @@ CASES: list[tuple[str, str]] = [
     ("network gives different prediction every run dropout", "inverted-dropout"),
     ("dropout mask D2 in backprop dA2", "inverted-dropout"),
     ("lambda/m times W added to gradient", "l2-regularization"),
-    ("ridge vs lasso which gives sparse weights", "l2-regularization"),
+    ("ridge vs lasso which gives sparse weights", "l1-vs-l2-exact-zeros"),
     ("why does regularization shrink parameters each iteration", "l2-regularization"),
     ("how many examples per gradient update", "mini-batch-gradient-descent"),
     ("SGD cost curve jumpy vs full batch smooth", "mini-batch-gradient-descent"),
