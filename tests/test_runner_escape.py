@@ -18,7 +18,7 @@ import pytest
 from helpers import answer_text, check_json, settle
 
 from kb.format.answer import load_answers
-from kb.run.limits import FILE_SIZE, OPEN_FILES, PROCESSES, Limits
+from kb.run.limits import FILE_SIZE, OPEN_FILES, PROCESSES, WRITES, Limits
 from kb.run.runner import Runner
 
 DAEMONS = '''import os, subprocess
@@ -99,6 +99,29 @@ with open("big.bin", "wb") as out:
     assert int(snippet["stdout"]) <= FILE_SIZE
 
 
+def test_what_a_run_writes_is_bounded_in_total_and_gone_with_the_run(answers_dir):
+    """Files of 10 MiB each, under the one-file limit, to the scratch directory and /tmp alike:
+    together they stop at WRITES, and none is left once the run is over."""
+    if os.geteuid() != 0:
+        pytest.skip("the run's own tmpfs needs root (or the fork server's user namespace, not tested here)")
+    marker = f"kb-writes-{os.getpid()}"
+    code = f'''import os
+written = 0
+try:
+    for i in range({WRITES >> 20} // 10 + 8):
+        folder = "/tmp" if i % 2 else "."
+        with open(os.path.join(folder, f"{marker}-{{i}}.bin"), "wb") as out:
+            out.write(bytes(10 << 20))
+        written += 10 << 20
+finally:
+    print(written)'''
+    evidence = run_one(answers_dir, code)
+    snippet = evidence["snippets"][0]
+    assert snippet["status"] == "error" and "No space left on device" in snippet["error"]["message"], snippet
+    assert 0 < int(snippet["stdout"]) <= WRITES
+    assert not [name for name in os.listdir("/tmp") if name.startswith(marker)], "a run's /tmp files outlived it"
+
+
 def test_open_files_are_limited_and_no_core_is_dumped(answers_dir):
     code = f'''import os, resource
 check("no core dumps", resource.getrlimit(resource.RLIMIT_CORE) == (0, 0), resource.getrlimit(resource.RLIMIT_CORE))
@@ -170,7 +193,16 @@ time.sleep(600)'''
 
 
 def _written(scratch):
-    return list(scratch.glob("kb-slow-*/partial.bin"))
+    """The snippet's partial file, seen through its process's working directory: the scratch
+    directory is the run's own tmpfs where the kernel allows it, invisible from outside."""
+    found = list(scratch.glob("kb-slow-*/partial.bin"))
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(os.readlink(f"/proc/{pid}/cwd")).name.startswith("kb-slow-"):
+                found += [p for p in [Path(f"/proc/{pid}/cwd/partial.bin")] if p.exists()]
+        except OSError:
+            pass
+    return found
 
 
 def test_sigterm_removes_runner_and_scratch_directories(answers_dir, tmp_path, scratch):
