@@ -117,11 +117,7 @@ def run_answer(conn: socket.socket) -> None:
 
     namespace = {"__name__": "__main__", "check": check}
     for snippet in request["snippets"]:
-        checks.clear()
-        result = _run_snippet(snippet, namespace, path, limits, plt)
-        result["checks"] = list(checks)
-        if result["status"] == "passed" and not all(c["passed"] for c in checks):
-            result["status"] = "failed"
+        result = _checked_run(snippet, namespace, checks, path, limits, plt)
         send_frame(conn, {"snippet": result})
         if result["status"] == "error":
             break
@@ -129,6 +125,17 @@ def run_answer(conn: socket.socket) -> None:
         for number, variant in enumerate(request.get("variants", ())):
             _run_variant(conn, number, variant, namespace, checks, path, limits, plt)
     send_frame(conn, {"done": True})
+
+
+def _checked_run(snippet: dict[str, Any], namespace: dict[str, Any], checks: list[dict[str, Any]], path: str,
+                 limits: dict[str, Any], plt: ModuleType) -> dict[str, Any]:
+    """Run one snippet and attach the checks it recorded; a snippet with a failed check failed."""
+    checks.clear()
+    result = _run_snippet(snippet, namespace, path, limits, plt)
+    result["checks"] = list(checks)
+    if result["status"] == "passed" and not all(c["passed"] for c in checks):
+        result["status"] = "failed"
+    return result
 
 
 def _run_variant(conn: socket.socket, number: int, variant: dict[str, Any], namespace: dict[str, Any],
@@ -142,11 +149,7 @@ def _run_variant(conn: socket.socket, number: int, variant: dict[str, Any], name
         try:
             signal.alarm(max(1, int(variant["timeout"] + 0.999)))
             for snippet in variant["snippets"]:
-                checks.clear()
-                result = _run_snippet(snippet, namespace, path, limits, plt)
-                result["checks"] = list(checks)
-                if result["status"] == "passed" and not all(c["passed"] for c in checks):
-                    result["status"] = "failed"
+                result = _checked_run(snippet, namespace, checks, path, limits, plt)
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})  # never half a frame
                 send_frame(conn, {"variant": number, "snippet": result})
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
