@@ -135,47 +135,62 @@ while len(files) < {OPEN_FILES} + 100:
 
 
 def _unprivileged():
-    """A user to run `kb check` as, where root can switch to one that can run this Python and
-    read the project (not where the interpreter lives under root's private home)."""
+    """A user to run `kb check` as, where root can switch to one: `nobody`, given only the
+    capability to read and search files (CAP_DAC_READ_SEARCH), so that it can run this Python
+    where it lives under root's private home; not root, and no other privilege."""
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         return None
     try:
         nobody = pwd.getpwnam("nobody")
     except KeyError:
         return None
-    probe = subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
-                            sys.executable, "-c",  # as the runner does: this Python starting itself
+    probe = subprocess.run([*_as(nobody), sys.executable, "-c",  # as the runner does: this Python starting itself
                             "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import numpy, kb'], check=True)"],
                            env={"PATH": os.environ["PATH"]}, capture_output=True, cwd="/")
     return nobody if probe.returncode == 0 else None
 
 
-def test_processes_are_limited_for_an_unprivileged_user(tmp_path):
-    """RLIMIT_NPROC binds users other than root (the kernel exempts root, see docs/runner.md)."""
+def _as(user):
+    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
+            "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+
+
+def _check_as_unprivileged(tmp_path, code):
+    """`kb check` of one answer holding `code`, as an unprivileged user (or as the user running
+    the tests, when that is not root); its evidence."""
     user = None if os.geteuid() != 0 else _unprivileged()
     if os.geteuid() == 0 and user is None:
         pytest.skip("running as root and cannot switch to an unprivileged user that can read the project")
     work = Path(tmp_path)
     (work / "answers").mkdir()
-    (work / "answers" / "bomb.md").write_text(answer_text(snippets=[f'''import subprocess
-kids = []
-try:
-    while len(kids) < {PROCESSES} * 4:
-        kids.append(subprocess.Popen(["sleep", "4243.5"]))
-except BlockingIOError:
-    pass
-print(len(kids))''']))
+    (work / "answers" / "probe.md").write_text(answer_text(snippets=[code]))
     command = [sys.executable, "-m", "kb", "check", str(work / "answers"), "--json", "--no-cache",
                "--db", str(work / "kb.sqlite3")]
     if user is not None:
         os.chown(work, user.pw_uid, user.pw_gid)
         for path in work.rglob("*"):
             os.chown(path, user.pw_uid, user.pw_gid)
-        command = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", *command]
-    env = {"PATH": os.environ["PATH"], "HOME": str(work), "TMPDIR": str(work)}
+        command = [*_as(user), *command]
+    # No PID namespace: the capability that lets `nobody` read root's Python does not carry into
+    # the user namespace the fork server would create (there, the interpreter is unreadable).
+    env = {"PATH": os.environ["PATH"], "HOME": str(work), "TMPDIR": str(work), "KB_PID_NAMESPACE": "off"}
     proc = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=120)
-    started = int(json.loads(proc.stdout)[0]["snippets"][0]["stdout"])
-    assert started <= PROCESSES, f"{started} processes started: {proc.stderr}"
+    assert proc.stdout.strip(), proc.stderr
+    return json.loads(proc.stdout)[0]
+
+
+def test_processes_are_limited_for_an_unprivileged_user(tmp_path):
+    """RLIMIT_NPROC binds users other than root (the kernel exempts root, see docs/runner.md)."""
+    evidence = _check_as_unprivileged(tmp_path, f'''import subprocess
+kids = []
+try:
+    while len(kids) < {PROCESSES} * 4:
+        kids.append(subprocess.Popen(["sleep", "4243.5"]))
+except BlockingIOError:
+    pass
+print(len(kids))''')
+    started = int(evidence["snippets"][0]["stdout"])
+    assert started <= PROCESSES, f"{started} processes started"
     assert settle(lambda: not sleepers("4243.5"))
 
 
