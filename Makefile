@@ -24,6 +24,7 @@ test: setup
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
+	$(PY) -m kb audit --quiet
 	$(PY) -m pytest -n auto --durations=10
 
 # Benchmarks against baselines measured in the same run; writes bench/results.md and a plot.

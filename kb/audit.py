@@ -6,7 +6,8 @@ computation the check's condition depends on. Each mutant runs through the ordin
 
 - **killed**: a mutant that still reaches the check makes it fail. The first kill ends the
   check's audit; the page says which breakage it was ("fails if `1/m` → `2/m`").
-- **survived**: `BUDGET` of the check's candidate mutants reached it and it held every time (or
+- **survived**: `BUDGET` of the check's candidate mutants, the nearest in its own order (none
+  nearer left untried), reached it and it held every time (or
   nothing it depends on could be mutated, or no mutant reached it). A survivor's condition
   holds whatever its computation does: it tests NumPy, algebra or itself, not the claim.
 - **identity**: the check says so itself, `check(claim, condition, value, identity="why")`: a
@@ -52,7 +53,7 @@ from kb.store.database import Database
 
 from .mutants import Analysis, Mutant, Site, analyse, mutate, valid
 
-AUDIT_VERSION = "4"  # bump when mutants, their order or the scheduling change: cached audits are redone
+AUDIT_VERSION = "5"  # bump when mutants, their order or the scheduling change: cached audits are redone
 BUDGET = 12  # candidate mutants that must reach a check, and leave it passing, to call it a survivor
 MAX_TRIES = 3 * BUDGET  # candidates tried for one check at most (crashes and timeouts included)
 VARIANTS_PER_RUN = 8  # mutants of one snippet run after one run of the snippets before it
@@ -162,6 +163,7 @@ def audit_answer(answer: Answer, baseline: ev.Evidence, runner: Runner, pool: Th
     candidates_of = {id(site): set(site.candidates) for site in open_sites}
     cursor = {id(site): 0 for site in open_sites}
     ran: set[int] = set()
+    outcome_of: dict[int, dict[int, bool]] = {}  # mutant -> {id(site): held} for every site its run reached
     runs = 0
     def advance(site: Site, taken: set[int]) -> int | None:
         """The site's next candidate not run yet nor taken this round (its cursor moves past the others)."""
@@ -222,6 +224,7 @@ def audit_answer(answer: Answer, baseline: ev.Evidence, runner: Runner, pool: Th
             for (mutant_id, _), evidence in zip(chunk, future.result(), strict=True):
                 results[mutant_id] = outcomes(evidence, by_snippet)
         ran.update(results)
+        outcome_of.update(results)
         runs += len(results)
         for site in list(open_sites):
             entry = state[id(site)]
@@ -232,7 +235,8 @@ def audit_answer(answer: Answer, baseline: ev.Evidence, runner: Runner, pool: Th
                 entry["mutation"] = analysis.mutants[killers[0][1]]
                 open_sites.remove(site)
                 continue
-            entry["reached"] += sum(1 for m, seen in results.items() if id(site) in seen and m in candidates_of[id(site)])
+            nearest = site.candidates[:cursor[id(site)] + 1]  # its own order: nothing nearer is left untried
+            entry["reached"] = sum(1 for m in nearest if id(site) in outcome_of.get(m, {}))
             if entry["reached"] >= BUDGET:
                 entry["status"] = "survived"
                 open_sites.remove(site)
@@ -388,6 +392,7 @@ def add_command(commands: Any, default_db: str, default_answers: str, positive: 
     audit = commands.add_parser("audit", help="mutation-test the checks: is each one shown able to fail?")
     audit.add_argument("paths", nargs="*", metavar="PATH", help=f"answer files or directories (default: {default_answers})")
     audit.add_argument("--json", action="store_true", help="print every check's audit as JSON on stdout")
+    audit.add_argument("-q", "--quiet", action="store_true", help="list only the checks not killed (and one line per answer)")
     audit.add_argument("--no-cache", action="store_true", help="audit every answer even if a cached audit exists")
     audit.add_argument("--db", default=default_db, help=f"SQLite evidence cache (default: {default_db})")
     audit.add_argument("-j", "--jobs", type=positive(int), default=os.cpu_count() or 1,
@@ -418,7 +423,7 @@ def cmd_audit(args: argparse.Namespace, default_answers: str) -> int:
         if record.get("error"):
             print(f"  {answer.path}: the audit itself failed: {record['error']}", file=sys.stderr, flush=True)
         for check in record["checks"]:
-            if check["status"] != "killed" or not args.json:
+            if check["status"] != "killed" or not (args.json or args.quiet):
                 print("  " + describe(check, answer.path).replace("\n", "\n  "), file=report, flush=True)
     elapsed = time.monotonic() - started
     total = tally(records)

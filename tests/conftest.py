@@ -76,6 +76,19 @@ def scratch():
 
 
 @pytest.fixture
+def visible(tmp_path):
+    """A directory both a test and a snippet see: a run's /tmp is its own tmpfs (`kb.run.child`),
+    so files a test and a snippet pass each other (a gate, a log of runs) live outside /tmp."""
+    hidden = [os.path.realpath(p) for p in ("/tmp", "/var/tmp", "/dev/shm", tempfile.gettempdir())]
+    base = next(b for b in (ROOT / ".kb", Path.home() / ".cache" / "kb")
+                if not any(os.path.commonpath([h, os.path.realpath(b)]) == h for h in hidden))
+    folder = base / "test-visible" / f"{os.getpid()}-{tmp_path.name}"
+    folder.mkdir(parents=True)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
 def answers_dir(tmp_path):
     folder = tmp_path / "answers"
     folder.mkdir()

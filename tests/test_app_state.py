@@ -63,8 +63,8 @@ def test_a_reload_during_a_request_never_caches_a_stale_page(tmp_path, monkeypat
         library.close()
 
 
-def test_first_start_answers_at_once_and_runs_missing_evidence_in_the_background(tmp_path):
-    gate = tmp_path / "gate"
+def test_first_start_answers_at_once_and_runs_missing_evidence_in_the_background(tmp_path, visible):
+    gate = visible / "gate"
     answers = tmp_path / "answers"
     answers.mkdir()
     waits = (f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.02)\n"

@@ -67,6 +67,8 @@ def test_a_check_that_can_fail_is_killed_and_says_by_what(tmp_path):
     assert data["totals"] == {"checks": 1, "killed": 1, "identity": 0, "survived": 0, "failing": 0, "unreached": 0}
     text = run_cli("audit", path, "--db", tmp_path / "kb.sqlite3", cwd=tmp_path).stdout
     assert re.search(r"answers/average\.md:\d+: killed .*\n\s+fails if `.+` → `.+` \(answers/average\.md:\d+\)", text), text
+    quiet = run_cli("audit", path, "--db", tmp_path / "kb.sqlite3", "--quiet", cwd=tmp_path).stdout
+    assert "average: 1 of 1 check shown able to fail" in quiet and "fails if" not in quiet, quiet
 
 
 def test_checks_that_cannot_fail_survive_and_fail_the_run(tmp_path):

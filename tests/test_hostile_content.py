@@ -334,10 +334,10 @@ def threaded(tmp_path, apps):
         server.shutdown()
 
 
-def test_waiters_on_one_answer_are_bounded(tmp_path, apps, threaded):
+def test_waiters_on_one_answer_are_bounded(tmp_path, visible, apps, threaded):
     """Row 47: ten POSTs for an answer that takes 3 s: one runs, KB_MAX_RUNS wait for it, the
     rest get 429 with Retry-After at once instead of holding a thread for the whole run."""
-    marker = tmp_path / "runs.log"
+    marker = visible / "runs.log"
     apps.append(app := make_app(tmp_path, {"slow": _slow(marker)}, KB_MAX_RUNS=1, KB_TIMEOUT=20))
     base = threaded(app)
     results = []
@@ -357,18 +357,18 @@ def test_waiters_on_one_answer_are_bounded(tmp_path, apps, threaded):
     assert marker.read_text() == "run\n", "one run"
 
 
-def test_the_start_up_run_and_a_posted_run_are_one_run(tmp_path, apps):
+def test_the_start_up_run_and_a_posted_run_are_one_run(tmp_path, visible, apps):
     """Row 63: a new answer's background start-up run and a POST for it at once ran twice."""
-    marker = tmp_path / "runs.log"
+    marker = visible / "runs.log"
     apps.append(app := make_app(tmp_path, {"slow": _slow(marker, 2)}, KB_RUN_MISSING="background"))
     assert run(app.test_client(), "slow")["status"] == "passed"
     app.extensions["kb"].library.wait_for_evidence(60)
     assert marker.read_text() == "run\n"
 
 
-def test_kb_runs_off_runs_nothing_ever(tmp_path, apps, monkeypatch):
+def test_kb_runs_off_runs_nothing_ever(tmp_path, visible, apps, monkeypatch):
     """Row 62: KB_RUNS=off ran a new answer's code at start-up (KB_RUN_MISSING's default)."""
-    marker = tmp_path / "runs.log"
+    marker = visible / "runs.log"
     monkeypatch.setenv("KB_RUNS", "off")
     monkeypatch.delenv("KB_RUN_MISSING", raising=False)
     apps.append(app := make_app(tmp_path, {"slow": _slow(marker, 0)}, KB_RUN_MISSING="background"))
@@ -384,9 +384,9 @@ def test_kb_runs_off_runs_nothing_ever(tmp_path, apps, monkeypatch):
 
 # --- 6. Trusted hosts; no-store on errors (rows 9, 57) ----------------------------------------------
 
-def test_requests_naming_another_host_are_refused(tmp_path, apps):
+def test_requests_naming_another_host_are_refused(tmp_path, visible, apps):
     """Row 9 (DNS rebinding): a page on evil.example rebound to 127.0.0.1 could start runs."""
-    marker = tmp_path / "runs.log"
+    marker = visible / "runs.log"
     apps.append(app := make_app(tmp_path, {"slow": _slow(marker, 0)}))
     client = app.test_client()
     evil = {"Host": "evil.example:5000", "Origin": "http://evil.example:5000"}

@@ -65,7 +65,7 @@ def test_search_and_tag_pages(reader):
     assert html.index("/answers/averaging") < html.index("</ol>")
     assert "Type your question" in reader.get("/search").get_data(as_text=True)
     unsure = reader.get("/search?q=zebra+quantum").get_data(as_text=True)   # said plainly, nothing near zero listed
-    assert "No answer to" in unsure and "Deep Learning Specialization" in unsure and "%" not in unsure
+    assert "No sure answer to" in unsure and "Deep Learning Specialization" in unsure and "%" not in unsure
     tag = reader.get("/tags/calculus").get_data(as_text=True)
     assert "/answers/sigmoid-slope" in tag and "/answers/wrong-claim" in tag and "/answers/averaging" not in tag
 

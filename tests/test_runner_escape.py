@@ -18,7 +18,7 @@ import pytest
 from helpers import answer_text, check_json, settle
 
 from kb.format.answer import load_answers
-from kb.run.limits import FILE_SIZE, OPEN_FILES, PROCESSES, Limits
+from kb.run.limits import FILE_SIZE, OPEN_FILES, PROCESSES, WRITES, Limits
 from kb.run.runner import Runner
 
 DAEMONS = '''import os, subprocess
@@ -99,6 +99,29 @@ with open("big.bin", "wb") as out:
     assert int(snippet["stdout"]) <= FILE_SIZE
 
 
+def test_what_a_run_writes_is_bounded_in_total_and_gone_with_the_run(answers_dir):
+    """Files of 10 MiB each, under the one-file limit, to the scratch directory and /tmp alike:
+    together they stop at WRITES, and none is left once the run is over."""
+    if os.geteuid() != 0:
+        pytest.skip("the run's own tmpfs needs root (or the fork server's user namespace, not tested here)")
+    marker = f"kb-writes-{os.getpid()}"
+    code = f'''import os
+written = 0
+try:
+    for i in range({WRITES >> 20} // 10 + 8):
+        folder = "/tmp" if i % 2 else "."
+        with open(os.path.join(folder, f"{marker}-{{i}}.bin"), "wb") as out:
+            out.write(bytes(10 << 20))
+        written += 10 << 20
+finally:
+    print(written)'''
+    evidence = run_one(answers_dir, code)
+    snippet = evidence["snippets"][0]
+    assert snippet["status"] == "error" and "No space left on device" in snippet["error"]["message"], snippet
+    assert 0 < int(snippet["stdout"]) <= WRITES
+    assert not [name for name in os.listdir("/tmp") if name.startswith(marker)], "a run's /tmp files outlived it"
+
+
 def test_open_files_are_limited_and_no_core_is_dumped(answers_dir):
     code = f'''import os, resource
 check("no core dumps", resource.getrlimit(resource.RLIMIT_CORE) == (0, 0), resource.getrlimit(resource.RLIMIT_CORE))
@@ -112,47 +135,62 @@ while len(files) < {OPEN_FILES} + 100:
 
 
 def _unprivileged():
-    """A user to run `kb check` as, where root can switch to one that can run this Python and
-    read the project (not where the interpreter lives under root's private home)."""
+    """A user to run `kb check` as, where root can switch to one: `nobody`, given only the
+    capability to read and search files (CAP_DAC_READ_SEARCH), so that it can run this Python
+    where it lives under root's private home; not root, and no other privilege."""
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         return None
     try:
         nobody = pwd.getpwnam("nobody")
     except KeyError:
         return None
-    probe = subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
-                            sys.executable, "-c",  # as the runner does: this Python starting itself
+    probe = subprocess.run([*_as(nobody), sys.executable, "-c",  # as the runner does: this Python starting itself
                             "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import numpy, kb'], check=True)"],
                            env={"PATH": os.environ["PATH"]}, capture_output=True, cwd="/")
     return nobody if probe.returncode == 0 else None
 
 
-def test_processes_are_limited_for_an_unprivileged_user(tmp_path):
-    """RLIMIT_NPROC binds users other than root (the kernel exempts root, see docs/runner.md)."""
+def _as(user):
+    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
+            "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+
+
+def _check_as_unprivileged(tmp_path, code):
+    """`kb check` of one answer holding `code`, as an unprivileged user (or as the user running
+    the tests, when that is not root); its evidence."""
     user = None if os.geteuid() != 0 else _unprivileged()
     if os.geteuid() == 0 and user is None:
         pytest.skip("running as root and cannot switch to an unprivileged user that can read the project")
     work = Path(tmp_path)
     (work / "answers").mkdir()
-    (work / "answers" / "bomb.md").write_text(answer_text(snippets=[f'''import subprocess
-kids = []
-try:
-    while len(kids) < {PROCESSES} * 4:
-        kids.append(subprocess.Popen(["sleep", "4243.5"]))
-except BlockingIOError:
-    pass
-print(len(kids))''']))
+    (work / "answers" / "probe.md").write_text(answer_text(snippets=[code]))
     command = [sys.executable, "-m", "kb", "check", str(work / "answers"), "--json", "--no-cache",
                "--db", str(work / "kb.sqlite3")]
     if user is not None:
         os.chown(work, user.pw_uid, user.pw_gid)
         for path in work.rglob("*"):
             os.chown(path, user.pw_uid, user.pw_gid)
-        command = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", *command]
-    env = {"PATH": os.environ["PATH"], "HOME": str(work), "TMPDIR": str(work)}
+        command = [*_as(user), *command]
+    # No PID namespace: the capability that lets `nobody` read root's Python does not carry into
+    # the user namespace the fork server would create (there, the interpreter is unreadable).
+    env = {"PATH": os.environ["PATH"], "HOME": str(work), "TMPDIR": str(work), "KB_PID_NAMESPACE": "off"}
     proc = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=120)
-    started = int(json.loads(proc.stdout)[0]["snippets"][0]["stdout"])
-    assert started <= PROCESSES, f"{started} processes started: {proc.stderr}"
+    assert proc.stdout.strip(), proc.stderr
+    return json.loads(proc.stdout)[0]
+
+
+def test_processes_are_limited_for_an_unprivileged_user(tmp_path):
+    """RLIMIT_NPROC binds users other than root (the kernel exempts root, see docs/runner.md)."""
+    evidence = _check_as_unprivileged(tmp_path, f'''import subprocess
+kids = []
+try:
+    while len(kids) < {PROCESSES} * 4:
+        kids.append(subprocess.Popen(["sleep", "4243.5"]))
+except BlockingIOError:
+    pass
+print(len(kids))''')
+    started = int(evidence["snippets"][0]["stdout"])
+    assert started <= PROCESSES, f"{started} processes started"
     assert settle(lambda: not sleepers("4243.5"))
 
 
@@ -170,7 +208,16 @@ time.sleep(600)'''
 
 
 def _written(scratch):
-    return list(scratch.glob("kb-slow-*/partial.bin"))
+    """The snippet's partial file, seen through its process's working directory: the scratch
+    directory is the run's own tmpfs where the kernel allows it, invisible from outside."""
+    found = list(scratch.glob("kb-slow-*/partial.bin"))
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(os.readlink(f"/proc/{pid}/cwd")).name.startswith("kb-slow-"):
+                found += [p for p in [Path(f"/proc/{pid}/cwd/partial.bin")] if p.exists()]
+        except OSError:
+            pass
+    return found
 
 
 def test_sigterm_removes_runner_and_scratch_directories(answers_dir, tmp_path, scratch):

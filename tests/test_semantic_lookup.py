@@ -32,11 +32,11 @@ from service import create_app
 # Share of the in-scope dev questions whose first result is the expected answer, each question
 # scored by a lookup without the aliases cut from its own fold of dev (`lookup_fit.cross_fitted`:
 # dev phrasings are aliases, and a question would otherwise find its own copy; a fold holds whole
-# source threads). Measured 0.801 (454 of 567: tests/lookup_eval dev, split by source thread, +
-# tests/lookup_cases.py, 52 answers; 0.832 on the old split by question text, before the aliases
-# cut from what are now test-split threads were removed). The test split is reported by
-# `make bench`, never tested against.
-DEV_TOP1 = 0.78
+# source threads). Measured 0.772 (509 of 659: tests/lookup_eval dev, split by source thread, +
+# tests/lookup_cases.py, 77 answers); 0.801 with 52 answers, 0.832 on the old split by question
+# text before the aliases cut from what are now test-split threads were removed. The test split
+# is reported by `make bench`, never tested against.
+DEV_TOP1 = 0.75
 
 
 def answer(slug, title, summary="A short summary.", body="", aliases=()) -> Answer:
@@ -186,7 +186,7 @@ def test_an_out_of_scope_question_is_not_confident_and_recorded(client, small_ap
     assert body["confident"] is False and body["results"]               # the nearest, still listed
     page = client.get("/search", query_string={"q": "  how do I install the CUDA drivers for my GPU on windows? "})
     html = page.get_data(as_text=True)
-    assert "No answer to" in html and "Deep Learning Specialization" in html
+    assert "No sure answer to" in html and "Deep Learning Specialization" in html
     client.get("/api/search", query_string={"q": "pandas KeyError when reading a csv file"})
     assert client.get("/api/search?q=what+is+the+maximum+of+the+sigmoid%27s+derivative").get_json()["confident"] is True
 

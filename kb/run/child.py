@@ -23,6 +23,7 @@ from types import FrameType, ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .frames import recv_frame, send_frame
+from .limits import WRITES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -94,8 +95,8 @@ def run_answer(conn: socket.socket) -> None:
         mapped = int(statm.read().split()[0]) * page
     resource.setrlimit(resource.RLIMIT_AS, (mapped + limits["memory"],) * 2)
     signal.alarm(int(limits["timeout"]) + 5)  # backstop should the client vanish
-    os.chdir(request["workdir"])
-    read_only_answers(request["answers_dir"], request["workdir"])
+    private_mounts(request["answers_dir"], request["workdir"])
+    os.chdir(request["workdir"])  # after the mounts: the scratch tmpfs, not the directory under it
     np.random.seed(request["seed"])
     random.seed(request["seed"])
     path = request["path"]
@@ -222,12 +223,14 @@ def _alt_text(figure: Figure) -> str:
     return "; ".join(ax.get_title() for ax in figure.axes if ax.get_title())
 
 
-def read_only_answers(answers: str, workdir: str) -> bool:
-    """Where the kernel allows it (root, or CAP_SYS_ADMIN), give the run a mount namespace of its
-    own in which the answers directory is read-only: a snippet cannot overwrite an answer by
-    accident. Elsewhere (an unprivileged user, a container without the capability) nothing
-    changes. Mounts made here never reach the service: "/" is made private first, and the
-    namespace ends with the run's last process. (Root can remount it: this contains accidents.)
+def private_mounts(answers: str, workdir: str) -> bool:
+    """Where the kernel allows it (root, or the fork server's own user namespace), give the run a
+    mount namespace of its own in which the answers directory is read-only, and the scratch
+    directory is a tmpfs of `WRITES` bytes that /tmp, /var/tmp, /dev/shm and $TMPDIR share: what
+    a run writes there is bounded in total (a write past it fails with "No space left on
+    device") and gone with the run. Elsewhere nothing changes (one file is still capped by
+    RLIMIT_FSIZE). Mounts made here never reach the service: "/" is made private first, and the
+    namespace ends with the run's last process. (Root can remount: this contains accidents.)
     """
     import ctypes
 
@@ -235,12 +238,43 @@ def read_only_answers(answers: str, workdir: str) -> bool:
         return False
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
-    CLONE_NEWNS, MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x20000, 1, 32, 4096, 16384, 1 << 18
+    CLONE_NEWNS, MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
+        0x20000, 1, 2, 4, 32, 4096, 16384, 1 << 18)
     if libc.unshare(CLONE_NEWNS) != 0 or libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
         return False
     target = answers.encode()
-    return bool(libc.mount(target, target, None, MS_BIND | MS_REC, None) == 0
-                and libc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None) == 0)
+    if not (libc.mount(target, target, None, MS_BIND | MS_REC, None) == 0
+            and libc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None) == 0):
+        return False
+    options = f"size={WRITES},mode=700".encode()
+    if libc.mount(b"tmpfs", workdir.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0:
+        return False
+    # One tmpfs holds both the scratch directory (`run`) and the temporary places (`tmp`); it is
+    # reached through a descriptor because binding over /tmp may hide the path it is mounted on.
+    for sub in ("run", "tmp"):
+        os.mkdir(os.path.join(workdir, sub), 0o700)
+    root = os.open(workdir, os.O_PATH | os.O_DIRECTORY)
+    kept = os.open(answers, os.O_PATH | os.O_DIRECTORY)
+    places = ("/tmp", "/var/tmp", "/dev/shm", os.environ.get("TMPDIR") or "/tmp")
+    for place in dict.fromkeys(os.path.realpath(p) for p in places if os.path.isdir(p)):
+        libc.mount(f"/proc/self/fd/{root}/tmp".encode(), place.encode(), None, MS_BIND, None)
+    # Paths under a bound place are new: make them again there (the answers read-only, as above).
+    os.makedirs(workdir, exist_ok=True)
+    libc.mount(f"/proc/self/fd/{root}/run".encode(), workdir.encode(), None, MS_BIND, None)
+    if not os.path.samestat(os.stat(kept), _stat_or_none(answers) or os.stat(root)):
+        os.makedirs(answers, exist_ok=True)
+        libc.mount(f"/proc/self/fd/{kept}".encode(), target, None, MS_BIND | MS_REC, None)
+        libc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
+    os.close(root)
+    os.close(kept)
+    return True
+
+
+def _stat_or_none(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
 
 
 def warm_up() -> None:

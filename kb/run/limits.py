@@ -34,6 +34,7 @@ DEFAULT_OUTPUT_KIB = Limits.output >> 10
 # Limits of every run besides the configurable time, memory and output (no answer needs more).
 FILE_SIZE = 64 << 20  # bytes in any one file a snippet writes (RLIMIT_FSIZE): a write past it fails
 OPEN_FILES = 256  # descriptors (RLIMIT_NOFILE)
+WRITES = 256 << 20  # bytes a run may hold in its scratch directory and /tmp together (a tmpfs: `kb.run.child`)
 PROCESSES = 64  # processes and threads beyond what the user runs already (RLIMIT_NPROC; not for root)
 
 
