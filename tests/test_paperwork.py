@@ -18,7 +18,7 @@ def test_licences_contributing_and_changelog_are_there():
 
 def test_the_ci_workflow_runs_make_test_and_publishes_the_database_and_the_export():
     workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
-    [job] = workflow["jobs"].values()
+    job = workflow["jobs"]["test"]
     runs = [step.get("run", "") for step in job["steps"]]
     assert any(run.strip() == "bash .ci/run" for run in runs), "the same entry point as the project's CI"
     assert any("kb check --db build/kb.sqlite3" in run for run in runs)
@@ -26,3 +26,10 @@ def test_the_ci_workflow_runs_make_test_and_publishes_the_database_and_the_expor
     uploads = {step["with"]["path"] for step in job["steps"] if step.get("uses", "").startswith("actions/upload-artifact@")}
     assert uploads == {"build/kb.sqlite3", "build/site"}
     assert job["container"] == "debian:bookworm", ".ci/run installs Debian's chromium and nginx"
+
+
+def test_the_ci_workflow_audits_the_dependencies_strictly():
+    """An audit that reaches no advisory source must fail, not report "No known vulnerabilities"."""
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    runs = " ".join(step.get("run", "") for step in workflow["jobs"]["dependencies"]["steps"])
+    assert "pip_audit --strict" in runs and "-r requirements.txt" in runs
