@@ -261,20 +261,17 @@ def private_mounts(answers: str, workdir: str) -> bool:
     # Paths under a bound place are new: make them again there (the answers read-only, as above).
     os.makedirs(workdir, exist_ok=True)
     libc.mount(f"/proc/self/fd/{root}/run".encode(), workdir.encode(), None, MS_BIND, None)
-    if not os.path.samestat(os.stat(kept), _stat_or_none(answers) or os.stat(root)):
+    try:
+        hidden = not os.path.samestat(os.stat(kept), os.stat(answers))
+    except OSError:  # no such path under a bound place
+        hidden = True
+    if hidden:
         os.makedirs(answers, exist_ok=True)
         libc.mount(f"/proc/self/fd/{kept}".encode(), target, None, MS_BIND | MS_REC, None)
         libc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
     os.close(root)
     os.close(kept)
     return True
-
-
-def _stat_or_none(path: str) -> os.stat_result | None:
-    try:
-        return os.stat(path)
-    except OSError:
-        return None
 
 
 def warm_up() -> None:

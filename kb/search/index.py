@@ -30,7 +30,7 @@ import logging
 import os
 import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from kb.format.answer import Answer
@@ -121,11 +121,14 @@ def document(answer: Answer) -> tuple[str, ...]:
 
 
 def digest(answer: Answer) -> str:
-    """A digest of what is indexed of an answer: equal digests, nothing to re-index.
+    """A digest of what is indexed of an answer: equal digests, nothing to re-index. Bump
+    `INDEX_VERSION` when what is indexed changes."""
+    return fields_digest(answer.slug, answer.title, answer.aliases, answer.tags)
 
-    Each field is length-prefixed, so no two different answers share the bytes hashed; bump
-    `INDEX_VERSION` when what is indexed changes.
-    """
+
+def fields_digest(*fields: str | Sequence[str]) -> str:
+    """blake2b of the fields, each text length-prefixed and each list prefixed by its length, so
+    no two different sets of fields share the bytes hashed."""
     h = hashlib.blake2b(digest_size=16)
 
     def put(text: str) -> None:
@@ -133,12 +136,13 @@ def digest(answer: Answer) -> str:
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
 
-    for text in (answer.slug, answer.title):
-        put(text)
-    for items in (answer.aliases, answer.tags):
-        h.update(len(items).to_bytes(8, "little"))
-        for item in items:
-            put(item)
+    for part in fields:
+        if isinstance(part, str):
+            put(part)
+        else:
+            h.update(len(part).to_bytes(8, "little"))
+            for item in part:
+                put(item)
     return h.hexdigest()
 
 

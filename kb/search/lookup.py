@@ -20,7 +20,6 @@ A result names the section that matched best, so a link goes straight to it
 from __future__ import annotations
 
 import copy
-import hashlib
 import html
 import json
 import logging
@@ -44,7 +43,7 @@ from kb.format.answer import Answer, split_lines
 from kb.format.blocks import Fence, Prose, blocks
 
 from .embeddings import Embedder, EmbeddingCache
-from .index import SearchIndex
+from .index import SearchIndex, fields_digest
 
 log = logging.getLogger(__name__)
 HEADING_RE = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
@@ -194,13 +193,8 @@ class _Units:
 def digest(answer: Answer) -> str:
     """A digest of what the semantic stage embeds of an answer (its questions, summary and body, as
     written): equal digests, nothing to re-section or embed. (`kb.search.index.digest` covers only
-    what the lexical stage indexes.) Each field is length-prefixed."""
-    h = hashlib.blake2b(digest_size=16)
-    for text in (answer.slug, answer.title, answer.summary, answer.body, *answer.aliases):
-        data = text.encode("utf-8", "surrogatepass")
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-    return h.hexdigest()
+    what the lexical stage indexes.)"""
+    return fields_digest(answer.slug, answer.title, answer.summary, answer.body, *answer.aliases)
 
 
 def _units(answer: Answer) -> _Units:
