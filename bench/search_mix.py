@@ -7,7 +7,8 @@ embeds nothing at start; the floor (bench/floor_app.py) with the bytes the servi
 of the same URLs. wrk picks each request's question from a Zipf distribution (s = 1.1) over the
 questions (a few are asked often, most rarely: the question-embedding cache sees hits and misses
 as a real site would). Rounds run in ABBA order (service, floor, floor, service) after a warm-up.
-In-process, the same mix's look-up time with the question-embedding cache against without it.
+In-process, the same mix's look-up time as served (question-embedding LRU and response cache) against
+every question embedded and ranked afresh.
 
     .venv/bin/python -m bench.search_mix            # prints the table; needs wrk (apt-get install wrk)
 """
@@ -32,7 +33,10 @@ from .serving import Server, ensure_wrk, parse_wrk
 
 QUESTIONS = 600
 ZIPF_S = 1.1
-WRK_ARGS = ["-t2", "-c32", "-d10s", "--latency"]
+# Two loads: saturation (32 connections, twice the service's 16 threads: requests queue, which is
+# what req/s measures) and the latency a learner sees while the site is busy but not overloaded
+# (8 connections, each sending its next request as soon as the last is answered).
+LOADS = {"saturated": ["-t2", "-c32", "-d10s", "--latency"], "busy": ["-t2", "-c8", "-d10s", "--latency"]}
 SEED_DB = ROOT / ".kb" / "bench-lookup.sqlite3"   # kb.search.fit's cache: every text's vector
 
 LUA = """
@@ -76,26 +80,25 @@ def lua_script(paths: list[str], weights: np.ndarray, seed: int = 1) -> str:
     return LUA % {"paths": quoted, "cumulative": cumulative, "seed": seed}
 
 
-def in_process(paths_questions: list[str], weights: np.ndarray, requests: int = 3000) -> dict:
-    """p50/p99 of Lookup.lookup over the mix, with the question-embedding cache and without it."""
+def in_process(questions_: list[str], weights: np.ndarray, requests: int = 3000) -> dict:
+    """p50/p99 of `Lookup.lookup` over the mix in one thread: as served (the question-embedding
+    LRU and the per-state response cache) against every question embedded and ranked afresh."""
     from kb.search.fit import build
 
     lookup = build(SEED_DB)
-    picks = np.random.default_rng(2).choice(len(paths_questions), size=requests, p=weights)
+    picks = np.random.default_rng(2).choice(len(questions_), size=requests, p=weights)
     out = {}
     for mode in ("cache", "no cache"):
         lookup._queries.clear()
-        size = 4096 if mode == "cache" else 0
-        import kb.search.lookup as lk
-        saved, lk.QUERY_CACHE = lk.QUERY_CACHE, size
-        try:
-            times = []
-            for i in picks:
-                start = time.perf_counter()
-                lookup.lookup(paths_questions[i], 5)
-                times.append(time.perf_counter() - start)
-        finally:
-            lk.QUERY_CACHE = saved
+        lookup._responses.clear()
+        times = []
+        for i in picks:
+            if mode == "no cache":      # what a look-up costs when neither cache has the question
+                lookup._queries.clear()
+                lookup._responses.clear()
+            start = time.perf_counter()
+            lookup.lookup(questions_[i], 5)
+            times.append(time.perf_counter() - start)
         out[mode] = {"p50": float(np.percentile(times, 50) * 1000), "p99": float(np.percentile(times, 99) * 1000),
                      "per_s_one_thread": requests / sum(times)}
     return out
@@ -114,7 +117,7 @@ def run(rounds: int = 2) -> dict:
     weights = zipf_weights(len(chosen))
     paths = [f"/api/search?q={urllib.parse.quote_plus(q)}" for q in chosen]
     servers: dict[str, Server] = {}
-    results: dict = {"questions": len(chosen), "zipf_s": ZIPF_S, "rounds": {"service": [], "floor": []}}
+    results: dict = {"questions": len(chosen), "zipf_s": ZIPF_S, "rounds": {f"{name} {load}": [] for name in ("service", "floor") for load in LOADS}}
     try:
         servers["service"] = Server("service:create_app()", {"KB_ANSWERS": "answers", "KB_DB": str(db),
                                                              "KB_RUN_MISSING": "off"}, work / "service.log")
@@ -134,10 +137,11 @@ def run(rounds: int = 2) -> dict:
         for name in ("service", "floor"):     # warm-up: the first hits fill caches
             subprocess.run([wrk_path, "-t2", "-c8", "-d3s", "-s", str(script), servers[name].base], capture_output=True)
         for _ in range(rounds):
-            for name in ("service", "floor", "floor", "service"):
-                out = subprocess.run([wrk_path, *WRK_ARGS, "-s", str(script), servers[name].base],
-                                     capture_output=True, text=True, check=True)
-                results["rounds"][name].append(parse_wrk(out.stdout))
+            for load, args in LOADS.items():
+                for name in ("service", "floor", "floor", "service"):
+                    out = subprocess.run([wrk_path, *args, "-s", str(script), servers[name].base],
+                                         capture_output=True, text=True, check=True)
+                    results["rounds"][f"{name} {load}"].append(parse_wrk(out.stdout))
     finally:
         for server in servers.values():
             server.stop()
@@ -149,28 +153,31 @@ def run(rounds: int = 2) -> dict:
 def report(r: dict) -> tuple[str, dict]:
     rows = []
     summary = {}
-    for name in ("service", "floor"):
-        runs = r["rounds"][name]
-        summary[name] = {k: median([x[k] for x in runs]) for k in ("rps", "p50", "p99")}
-        summary[name]["errors"] = sum(x["non2xx"] + x["socket_errors"] for x in runs)
-        rows.append([name if name == "service" else "floor (minimal Flask view, same bytes)",
-                     f"{summary[name]['rps']:.0f}", f"{summary[name]['p50']:.1f}", f"{summary[name]['p99']:.1f}",
-                     summary[name]["errors"]])
-    ratio = summary["service"]["rps"] / summary["floor"]["rps"]
+    for load, args in LOADS.items():
+        for name in ("service", "floor"):
+            runs = r["rounds"][f"{name} {load}"]
+            cell = {k: median([x[k] for x in runs]) for k in ("rps", "p50", "p99")}
+            cell["errors"] = sum(x["non2xx"] + x["socket_errors"] for x in runs)
+            summary[f"{name} {load}"] = cell
+            rows.append([f"{load} (`wrk {' '.join(args)}`)",
+                         name if name == "service" else "floor (minimal Flask view, same bytes)",
+                         f"{cell['rps']:.0f}", f"{cell['p50']:.1f}", f"{cell['p99']:.1f}", cell["errors"]])
+    ratio = summary["service saturated"]["rps"] / summary["floor saturated"]["rps"]
     ip = r["in_process"]
     text = "\n".join([
         "## Search throughput on a Zipf mix (issue 19)", "",
-        f"`/api/search` under `wrk {' '.join(WRK_ARGS)}`, each request's question drawn from a Zipf distribution "
+        "`/api/search`, each request's question drawn from a Zipf distribution "
         f"(s = {r['zipf_s']}) over {r['questions']} distinct questions of the evaluation set; gunicorn "
-        "`-w 2 -k gthread --threads 8`; medians of the rounds (ABBA).", "",
-        table(["server", "req/s", "p50 ms", "p99 ms", "errors"], rows), "",
-        f"Service / floor: {ratio:.0%} of the floor's requests per second.", "",
-        "In-process `Lookup.search` over the same mix (one thread): "
-        f"with the question-embedding cache p50 {ip['cache']['p50']:.1f} ms, p99 {ip['cache']['p99']:.1f} ms; "
-        f"without it p50 {ip['no cache']['p50']:.1f} ms, p99 {ip['no cache']['p99']:.1f} ms "
+        "`-w 2 -k gthread --threads 8`; medians of the rounds (ABBA). Saturated: more connections than "
+        "threads, so requests queue (req/s); busy: 8 connections back to back (the latency under load).", "",
+        table(["load", "server", "req/s", "p50 ms", "p99 ms", "errors"], rows), "",
+        f"Service / floor, saturated: {ratio:.0%} of the floor's requests per second.", "",
+        "In-process `Lookup.lookup` over the same mix (one thread): "
+        f"as served (question-embedding LRU and response cache) p50 {ip['cache']['p50']:.1f} ms, p99 {ip['cache']['p99']:.1f} ms; "
+        f"every question embedded and ranked afresh p50 {ip['no cache']['p50']:.1f} ms, p99 {ip['no cache']['p99']:.1f} ms "
         f"({ip['no cache']['p50'] / max(ip['cache']['p50'], 1e-9):.1f}x at p50).", ""])
-    met = {"search mix: >= 1,000 req/s": summary["service"]["rps"] >= 1000,
-           "search mix: p99 <= 50 ms": summary["service"]["p99"] <= 50}
+    met = {"search mix: >= 1,000 req/s (saturated)": summary["service saturated"]["rps"] >= 1000,
+           "search mix: p99 <= 50 ms (busy)": summary["service busy"]["p99"] <= 50}
     return text, met
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,3 +155,69 @@ def test_searches_during_a_cold_start_record_no_gap(tmp_path, monkeypatch):
     finally:
         embedder.gate.set()
         app.extensions["kb"].close()
+
+
+def _lookup_over(answers, db, embedder):
+    from kb.format.answer import load_answers
+    from kb.search.index import SearchIndex
+    from kb.search.lookup import Lookup
+
+    lookup = Lookup(SearchIndex(db), db, embedder)
+    lookup.rebuild(load_answers([answers])[0].values())
+    return lookup
+
+
+@pytest.fixture
+def mapped(tmp_path):
+    """Small answers, a database, and an embedder that answers at once."""
+    answers = write_small_answers(tmp_path / "answers")
+    embedder = SlowEmbedder()
+    embedder.gate.set()
+    return answers, tmp_path / "kb.sqlite3", embedder
+
+
+def test_workers_on_one_database_map_one_float16_file(mapped):
+    answers, db, embedder = mapped
+    first = _lookup_over(answers, db, embedder)
+    embedded = embedder.calls
+    second = _lookup_over(answers, db, embedder)   # another worker on the same machine
+    assert embedder.calls == embedded > 0           # it embedded nothing
+    files = sorted((db.parent / "kb.sqlite3.vectors").glob("*.npy"))
+    assert len(files) == 1
+    for lookup in (first, second):
+        vectors = lookup.state.vectors
+        assert isinstance(vectors, np.memmap) and vectors.dtype == np.float16
+        assert Path(vectors.filename) == files[0] and vectors.shape == (len(lookup.state.texts), DIMENSION)
+    question = "What is the maximum of the sigmoid derivative?"
+    assert first.lookup(question, 3) == second.lookup(question, 3)
+    assert first.lookup(question, 3)["results"][0]["slug"] == "sigmoid-slope"
+
+
+def test_an_edit_maps_a_new_file_and_old_files_are_pruned(mapped):
+    from kb.search.mapped import KEEP
+
+    answers, db, embedder = mapped
+    lookup = _lookup_over(answers, db, embedder)
+    page = answers / "averaging.md"
+    for n in range(KEEP + 2):
+        page.write_text(page.read_text() + f"\nEdit number {n}.\n")
+        before = embedder.calls
+        lookup = _lookup_over(answers, db, embedder)
+        assert embedder.calls == before + 1           # only the edited section's text
+    assert len(list((db.parent / "kb.sqlite3.vectors").glob("*.npy"))) == KEEP
+    assert "Edit number" in lookup.state.texts[lookup.state.end[lookup.state.position["averaging"]] - 1]
+
+
+def test_a_damaged_or_unwritable_vectors_file_never_stops_search(mapped):
+    answers, db, embedder = mapped
+    _lookup_over(answers, db, embedder)
+    (file,) = (db.parent / "kb.sqlite3.vectors").glob("*.npy")
+    file.write_bytes(b"not a matrix")
+    lookup = _lookup_over(answers, db, embedder)             # written again, from the store
+    assert isinstance(lookup.state.vectors, np.memmap) and np.load(file).shape == lookup.state.vectors.shape
+    assert lookup.lookup("maximum of the sigmoid derivative", 3)["results"][0]["slug"] == "sigmoid-slope"
+    other = db.parent / "other.sqlite3"
+    (db.parent / "other.sqlite3.vectors").write_text("a file where the folder would be")
+    lookup = _lookup_over(answers, other, embedder)            # kept in memory instead
+    assert not isinstance(lookup.state.vectors, np.memmap) and lookup.state.vectors.dtype == np.float16
+    assert lookup.lookup("maximum of the sigmoid derivative", 3)["results"][0]["slug"] == "sigmoid-slope"

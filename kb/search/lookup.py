@@ -20,6 +20,7 @@ A result names the section that matched best, so a link goes straight to it
 from __future__ import annotations
 
 import copy
+import dataclasses
 import html
 import json
 import logging
@@ -42,8 +43,9 @@ from markdown.extensions.toc import slugify, unique
 from kb.format.answer import Answer, split_lines
 from kb.format.blocks import Fence, Prose, blocks
 
-from .embeddings import Embedder, EmbeddingCache
+from .embeddings import DIMENSION, Embedder, EmbeddingCache
 from .index import SearchIndex, fields_digest
+from .mapped import VectorFiles
 
 log = logging.getLogger(__name__)
 HEADING_RE = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
@@ -187,7 +189,7 @@ class _Units:
     texts: tuple[str, ...]
     kind: tuple[int, ...]                      # 0 a question (title or alias), 1 the summary, 2 a section
     section: tuple[Section | None, ...]
-    vectors: npt.NDArray[np.float32] | None = None
+    vectors: npt.NDArray[np.floating] | None = None   # a view of the state's mapped matrix once published
 
 
 def digest(answer: Answer) -> str:
@@ -208,7 +210,7 @@ def _units(answer: Answer) -> _Units:
 class _State:
     entries: list[_Answer]             # by slug
     texts: list[str]                   # every embedded text; an answer's texts are contiguous
-    vectors: npt.NDArray[np.float32]   # [texts x 384], unit vectors
+    vectors: npt.NDArray[np.floating]  # [texts x 384] unit vectors: float16, mapped (kb.search.mapped)
     owner: npt.NDArray[np.int64]       # the answer (index into entries) of each text
     kind: npt.NDArray[np.int8]         # 0 a question (title or alias), 1 the summary, 2 a section
     section: list[Section | None]      # the Section of each text (None unless kind 2)
@@ -224,32 +226,28 @@ class _State:
         self.end = np.searchsorted(self.owner, np.arange(n), side="right")
         self.centroids = np.zeros((n, self.vectors.shape[1]), np.float32)
         if n:
-            sums = np.add.reduceat(self.vectors, self.start, axis=0)
+            sums = np.add.reduceat(self.vectors, self.start, axis=0, dtype=np.float32)
             self.centroids = sums / np.clip(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12, None)
 
     @classmethod
-    def of(cls, units: list[_Units]) -> _State:
-        """The state over these answers' units (each with its vectors), in this order."""
+    def of(cls, units: list[_Units], matrix: npt.NDArray[np.floating]) -> _State:
+        """The state over these answers' units, in this order, whose texts' vectors are `matrix`'s rows."""
         entries: list[_Answer] = []
         texts: list[str] = []
         owner: list[int] = []
         kind: list[int] = []
         section: list[Section | None] = []
-        vectors: list[npt.NDArray[np.float32]] = []
         for i, unit in enumerate(units):
-            assert unit.vectors is not None
             entries.append(unit.entry)
             texts += unit.texts
             owner += [i] * len(unit.texts)
             kind += unit.kind
             section += unit.section
-            vectors.append(unit.vectors)
-        matrix = np.concatenate(vectors) if vectors else np.zeros((0, 384), np.float32)
         return cls(entries, texts, matrix, np.array(owner, np.int64), np.array(kind, np.int8), section,
                    {e.slug: i for i, e in enumerate(entries)})
 
 
-EMPTY = _State([], [], np.zeros((0, 384), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int8), [], {})
+EMPTY = _State([], [], np.zeros((0, DIMENSION), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int8), [], {})
 
 
 @dataclass
@@ -281,6 +279,7 @@ class Lookup:
         self.embedder = embedder
         self.weights = weights or default_weights()
         self.cache = EmbeddingCache(db_path, embedder)
+        self.files = VectorFiles(db_path)
         self.state = EMPTY
         self.status = RebuildStatus()
         self._units: dict[str, tuple[str, _Units]] = {}   # slug -> (digest, units with vectors)
@@ -330,16 +329,24 @@ class Lookup:
         started = time.monotonic()
         self.index.rebuild(answers)
         prepared = {a.slug: self._prepared(a) for a in answers}
-        changed = [(slug, key, unit) for slug, (key, unit) in prepared.items() if unit.vectors is None]
-        texts = [t for _, _, unit in changed for t in unit.texts]
-        vectors, embedded = self.cache.fetch(texts)
+        units = [unit for _, unit in prepared.values()]
+        name = self.files.key(key for key, _ in prepared.values())
+        rows = sum(len(unit.texts) for unit in units)
+        matrix = self.files.load(name, rows) if rows else np.zeros((0, DIMENSION), np.float16)
+        embedded = 0
+        if matrix is None:
+            # Workers starting together take turns: the first writes the file, the others map it.
+            with self.cache.database.exclusive("vectors"):
+                matrix = self.files.load(name, rows)
+                if matrix is None:
+                    matrix, embedded = self._write_vectors(name, units)
         offset = 0
-        for slug, key, unit in changed:
+        for slug, (key, unit) in prepared.items():  # each answer's rows of the mapped matrix
             count = len(unit.texts)
-            prepared[slug] = (key, _Units(unit.entry, unit.texts, unit.kind, unit.section, vectors[offset:offset + count]))
+            prepared[slug] = (key, dataclasses.replace(unit, vectors=matrix[offset:offset + count]))
             offset += count
         self._units = prepared
-        state = _State.of([unit for _, unit in prepared.values()])
+        state = _State.of(units, matrix)
         state.generation = self.state.generation + 1
         self.state = state
         self.status.ready = True
@@ -347,6 +354,19 @@ class Lookup:
         if embedded:
             log.info("search ready: %d texts embedded in %.1f s", embedded, time.monotonic() - started)
         return embedded
+
+    def _write_vectors(self, name: str, units: list[_Units]) -> tuple[npt.NDArray[np.floating], int]:
+        """The state's file, from the vectors held (unchanged answers) and the store's (the changed
+        ones, embedding what it lacks); (the mapped matrix, how many texts were embedded)."""
+        fetched, embedded = self.cache.fetch([t for unit in units if unit.vectors is None for t in unit.texts])
+        parts, offset = [], 0
+        for unit in units:
+            if unit.vectors is None:
+                parts.append(fetched[offset:offset + len(unit.texts)])
+                offset += len(unit.texts)
+            else:
+                parts.append(unit.vectors)
+        return self.files.store(name, parts), embedded
 
     def submit(self, answers: Iterable[Answer]) -> int:
         """Rebuild off the caller's thread (single flight; the newest submission wins); return
@@ -559,11 +579,11 @@ def verdict(scores: npt.NDArray[np.float64], logits: npt.NDArray[np.float64], si
     return "none", above
 
 
-def dot(matrix: npt.NDArray[np.float32], vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def dot(matrix: npt.NDArray[np.floating], vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """matrix @ vector on this thread. Not BLAS: its threads spin on after a large product and
     take the core the next question's embedding needs (measured at 10,000 answers: a look-up
     took 60 ms with BLAS's threads, 20 ms without)."""
-    product: npt.NDArray[np.float32] = np.einsum("ij,j->i", matrix, vector)
+    product: npt.NDArray[np.float32] = np.einsum("ij,j->i", matrix, vector, dtype=np.float32, casting="same_kind")
     return product
 
 
