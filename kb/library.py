@@ -25,7 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from kb.format.answer import Answer, FormatError, load_answers, parse_answer
+from kb.format.answer import Answer, FormatError, Remembered, load_answers, parse_answer
 from kb.format.draft import is_draft
 from kb.render.markdown import Rendered, render_answer
 from kb.run.checker import evidence_for
@@ -81,7 +81,8 @@ class Library:
         self._lock = threading.Lock()
         self._files_seen: Files | None = None
         self._checked = 0.0
-        self._parsed: dict[Path, tuple[tuple[int, int] | None, Answer | FormatError]] = {}  # path -> ((mtime, size), Answer or FormatError) of the last load
+        self._parsed: dict[str, tuple[tuple[int, int] | None, Answer | FormatError]] = {}  # name -> ((mtime, size), Answer or FormatError) of the last load
+        self._drafts = Remembered(is_draft)
         # Answers whose code changed are re-run off the request path, one batch at a time.
         self.run_changed = run_changed
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-evidence")
@@ -139,19 +140,19 @@ class Library:
     def _parse_remembered(self, files: Files) -> Callable[[Path], Answer]:
         """`parse_answer`, reusing the last result for a file whose (mtime, size) is unchanged:
         an edit re-parses one file, not the knowledge base (10,000 answers: seconds)."""
-        stats = {self.answers_dir / name: (mtime, size) for name, mtime, size in files}
+        stats = {name: (mtime, size) for name, mtime, size in files}   # by name: hashing Paths is slow
         remembered, self._parsed = self._parsed, {}
 
         def parse(path: Path) -> Answer:
-            stat = stats.get(path)
-            hit = remembered.get(path)
+            stat = stats.get(path.name)
+            hit = remembered.get(path.name)
             if hit is None or stat is None or hit[0] != stat:
                 try:
                     hit = (stat, parse_answer(path))
                 except FormatError as exc:
                     hit = (stat, exc)
             if stat is not None:
-                self._parsed[path] = hit
+                self._parsed[path.name] = hit
             if isinstance(hit[1], FormatError):
                 raise hit[1].with_traceback(None)
             return hit[1]
@@ -175,7 +176,8 @@ class Library:
         # The search follows off the request path: nothing here waits for embedding, and no lock
         # is held while the worker runs (`Lookup.submit`: single flight, the newest answers win).
         # Drafts (still holding `kb new`'s placeholders) are not searched.
-        searchable = [a for a in answers.values() if not is_draft(a)]
+        drafts = self._drafts(answers.values())
+        searchable = [a for a in answers.values() if not drafts[a.slug]]
         engine = self.lookup_engine
         if engine is None:
             self.index.rebuild(searchable)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import yaml
 
@@ -210,11 +210,38 @@ def _snippets(shown: str, lines: list[str], body_start: int) -> list[Snippet]:
 
 
 def answer_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Expand files and directories into the answer files they name, sorted."""
+    """Expand files and directories into the answer files they name (`*.md`), sorted. Names are
+    listed and sorted as strings: globbing and sorting 10,000 `Path`s took 0.5 s."""
     found = []
     for path in map(Path, paths):
-        found.extend(sorted(path.glob("*.md")) if path.is_dir() else [path])
+        found.extend([path / name for name in sorted(answer_names(path))] if path.is_dir() else [path])
     return found
+
+
+def answer_names(folder: str | os.PathLike[str]) -> set[str]:
+    """The names of the answer files in a folder."""
+    return {name for name in os.listdir(folder) if name.endswith(".md")}
+
+
+T = TypeVar("T")
+
+
+class Remembered(Generic[T]):
+    """`of(answer)` per slug, remembered while the same `Answer` object comes back: an `Answer`
+    never changes, and a reload keeps the object of an unchanged file (`kb.library.Library`), so
+    after an edit only the edited answer is worked on again (10,000 answers: ~0.5 s a pass)."""
+
+    def __init__(self, of: Callable[[Answer], T]) -> None:
+        self.of = of
+        self._last: dict[str, tuple[Answer, T]] = {}
+
+    def __call__(self, answers: Iterable[Answer]) -> dict[str, T]:
+        """{slug: of(answer)} over these answers (only these are remembered)."""
+        last, self._last = self._last, {}
+        for answer in answers:
+            hit = last.get(answer.slug)
+            self._last[answer.slug] = hit if hit is not None and hit[0] is answer else (answer, self.of(answer))
+        return {slug: value for slug, (_, value) in self._last.items()}
 
 
 def load_answers(paths: Iterable[str | os.PathLike[str]], parse: Callable[[Path], Answer] = parse_answer,
@@ -234,9 +261,10 @@ def load_answers(paths: Iterable[str | os.PathLike[str]], parse: Callable[[Path]
         except FormatError as exc:
             errors.append(exc)
             continue
-        if path.parent not in folders:  # list each folder once, not once per answer
-            folders[path.parent] = {p.stem for p in path.parent.glob("*.md")}
-        siblings = folders[path.parent]
+        folder = os.path.dirname(path)     # a string: hashing a Path per answer costs more than parsing
+        if folder not in folders:  # list each folder once, not once per answer
+            folders[folder] = {name[:-3] for name in answer_names(folder or ".")}
+        siblings = folders[folder]
         missing = [s for s in answer.related if s not in siblings or s == answer.slug]
         if missing:
             errors.append(FormatError(answer.path, answer.key_lines["related"],

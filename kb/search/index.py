@@ -33,7 +33,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from kb.format.answer import Answer
+from kb.format.answer import Answer, Remembered
 from kb.store.database import Database
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,7 @@ class SearchIndex:
     def __init__(self, db_path: str | os.PathLike[str]) -> None:
         self.database = Database(db_path)
         self.connection = self.database.connection
+        self._digests = Remembered(digest)
         if not self._schema_current(self.connection()):
             with self.database.write() as db:
                 self._ensure_schema(db)
@@ -247,7 +248,7 @@ class SearchIndex:
         the write lock does the work, the others then find it done and return False.
         """
         wanted = {answer.slug: answer for answer in answers}
-        digests = {slug: digest(answer) for slug, answer in wanted.items()}
+        digests = self._digests(wanted.values())
         db = self.connection()
         if self._schema_current(db) and self._indexed(db) == digests:
             return False

@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 from markdown.extensions.toc import slugify, unique
 
-from kb.format.answer import Answer, split_lines
+from kb.format.answer import Answer, Remembered, split_lines
 from kb.format.blocks import Fence, Prose, blocks
 
 from .embeddings import DIMENSION, Embedder, EmbeddingCache
@@ -190,6 +190,7 @@ class _Units:
     kind: tuple[int, ...]                      # 0 a question (title or alias), 1 the summary, 2 a section
     section: tuple[Section | None, ...]
     vectors: npt.NDArray[np.floating] | None = None   # a view of the state's mapped matrix once published
+    centroid: npt.NDArray[np.float32] | None = None   # the texts' mean direction, for the shortlist
 
 
 def digest(answer: Answer) -> str:
@@ -215,19 +216,15 @@ class _State:
     kind: npt.NDArray[np.int8]         # 0 a question (title or alias), 1 the summary, 2 a section
     section: list[Section | None]      # the Section of each text (None unless kind 2)
     position: dict[str, int]           # slug -> index into entries
+    centroids: npt.NDArray[np.float32]  # [answers x 384]: each answer's texts' mean direction, for the shortlist
     generation: int = 0                # which publication this is (a key of cached responses)
     start: npt.NDArray[np.intp] = field(init=False)         # each answer's first text
     end: npt.NDArray[np.intp] = field(init=False)           # and the end of its texts
-    centroids: npt.NDArray[np.float32] = field(init=False)  # each answer's texts' mean direction, for the shortlist
 
     def __post_init__(self) -> None:
         n = len(self.entries)
         self.start = np.searchsorted(self.owner, np.arange(n), side="left")
         self.end = np.searchsorted(self.owner, np.arange(n), side="right")
-        self.centroids = np.zeros((n, self.vectors.shape[1]), np.float32)
-        if n:
-            sums = np.add.reduceat(self.vectors, self.start, axis=0, dtype=np.float32)
-            self.centroids = sums / np.clip(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12, None)
 
     @classmethod
     def of(cls, units: list[_Units], matrix: npt.NDArray[np.floating]) -> _State:
@@ -238,16 +235,20 @@ class _State:
         kind: list[int] = []
         section: list[Section | None] = []
         for i, unit in enumerate(units):
+            assert unit.centroid is not None
             entries.append(unit.entry)
             texts += unit.texts
             owner += [i] * len(unit.texts)
             kind += unit.kind
             section += unit.section
+        centroids = (np.stack([unit.centroid for unit in units if unit.centroid is not None]) if units
+                     else np.zeros((0, DIMENSION), np.float32))
         return cls(entries, texts, matrix, np.array(owner, np.int64), np.array(kind, np.int8), section,
-                   {e.slug: i for i, e in enumerate(entries)})
+                   {e.slug: i for i, e in enumerate(entries)}, centroids)
 
 
-EMPTY = _State([], [], np.zeros((0, DIMENSION), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int8), [], {})
+EMPTY = _State([], [], np.zeros((0, DIMENSION), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int8), [], {},
+               np.zeros((0, DIMENSION), np.float32))
 
 
 @dataclass
@@ -283,6 +284,7 @@ class Lookup:
         self.state = EMPTY
         self.status = RebuildStatus()
         self._units: dict[str, tuple[str, _Units]] = {}   # slug -> (digest, units with vectors)
+        self._digests = Remembered(digest)
         self._known: dict[str, _Answer] = {}              # the latest submitted answers, for the lexical fallback
         self._building = threading.Lock()                 # one rebuild at a time
         self._worker = threading.Condition()
@@ -305,11 +307,10 @@ class Lookup:
 
     def needs_embedding(self, answers: Iterable[Answer]) -> int:
         """How many of the answers' texts have no stored vector (sections the changed answers)."""
-        texts = [t for a in answers for t in self._prepared(a)[1].texts]
+        texts = [t for a in answers for t in self._prepared(a, digest(a))[1].texts]
         return self.cache.missing(texts)
 
-    def _prepared(self, answer: Answer) -> tuple[str, _Units]:
-        key = digest(answer)
+    def _prepared(self, answer: Answer, key: str) -> tuple[str, _Units]:
         known = self._units.get(answer.slug)
         if known is not None and known[0] == key:
             return known
@@ -328,7 +329,8 @@ class Lookup:
     def _rebuild(self, answers: list[Answer]) -> int:
         started = time.monotonic()
         self.index.rebuild(answers)
-        prepared = {a.slug: self._prepared(a) for a in answers}
+        digests = self._digests(answers)
+        prepared = {a.slug: self._prepared(a, digests[a.slug]) for a in answers}
         units = [unit for _, unit in prepared.values()]
         name = self.files.key(key for key, _ in prepared.values())
         rows = sum(len(unit.texts) for unit in units)
@@ -340,13 +342,14 @@ class Lookup:
                 matrix = self.files.load(name, rows)
                 if matrix is None:
                     matrix, embedded = self._write_vectors(name, units)
-        offset = 0
+        offset, plain = 0, np.asarray(matrix)   # views of a plain array: a memmap's slicing is slower
         for slug, (key, unit) in prepared.items():  # each answer's rows of the mapped matrix
-            count = len(unit.texts)
-            prepared[slug] = (key, dataclasses.replace(unit, vectors=matrix[offset:offset + count]))
-            offset += count
+            rows_of = plain[offset:offset + len(unit.texts)]
+            centroid = unit.centroid if unit.vectors is not None else mean_direction(rows_of)
+            prepared[slug] = (key, dataclasses.replace(unit, vectors=rows_of, centroid=centroid))
+            offset += len(unit.texts)
         self._units = prepared
-        state = _State.of(units, matrix)
+        state = _State.of([unit for _, unit in prepared.values()], matrix)
         state.generation = self.state.generation + 1
         self.state = state
         self.status.ready = True
@@ -577,6 +580,13 @@ def verdict(scores: npt.NDArray[np.float64], logits: npt.NDArray[np.float64], si
     if second >= t["two"] and float(scores[0]) - second <= t["two_gap"]:
         return "two", max(above, 2)
     return "none", above
+
+
+def mean_direction(vectors: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+    """The unit vector along the sum of `vectors` (zero for none)."""
+    total: npt.NDArray[np.float32] = vectors.sum(axis=0, dtype=np.float32)
+    norm = float(np.linalg.norm(total))
+    return total / np.float32(norm) if norm > 1e-12 else total
 
 
 def dot(matrix: npt.NDArray[np.floating], vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
