@@ -14,8 +14,10 @@ no question meets an alias cut from another question of its own thread.
    expected answer, 0 for the others and for every answer of an out-of-scope question.
 2. The score: a second logistic regression on each question's top-ranked answer (right or not)
    over its ranking logit and its best similarity.
-3. The confidence rule: a third, over the top score, its margin over the second and the best
-   similarity; confident from the lowest threshold whose dev precision (share of confident
+3. The confidence rule: a third, over `CONFIDENCE_FEATURES` (the top score, its margin over the
+   second, the best similarity, the margin between the first two ranking logits, and how far the
+   first answer is ahead of all the others in its best section's similarity, in its best
+   similarity and in how many of its texts are close to the question); confident from the lowest threshold whose dev precision (share of confident
    questions whose first answer is right, out-of-scope ones counting as wrong) reaches
    `TARGET_PRECISION`. When not confident, "two answers fit" when both top scores reach `two`
    and lie within `two_gap` of each other: the pair that covers most in-scope dev questions with
@@ -47,6 +49,7 @@ from .lookup import (
     WEIGHTS_FILE,
     Lookup,
     Weights,
+    close_texts,
     confidence_row,
     probability,
     ranking,
@@ -57,13 +60,19 @@ CACHE = ev.ROOT / ".kb" / "bench-lookup.sqlite3"   # embeddings kept between run
 L2 = 1e-2
 FOLDS = 5
 OUT_OF_SCOPE_WEIGHT = 10.0   # few out-of-scope questions, and telling them apart is what confidence is for
-TARGET_PRECISION = 0.92      # on dev (held-out folds); 0.95 left a third of dev questions confident
+TARGET_PRECISION = 0.92      # on dev (held-out folds); at 0.95, a third of dev questions were confident with the
+                             # first four CONFIDENCE_FEATURES, about 60% with the three margins (weights v3)
 TARGET_TWO_PRECISION = 0.90
 MAX_OUT_OF_SCOPE_TWO = 0.10
 MAX_TWO_GAP = 0.5            # "close together": the second's score within this of the first's
 SHOWN_FLOOR = 0.02           # "near zero": never shown to a learner
 
-Scored = list[tuple[list[str], npt.NDArray[np.float64]]]   # per question: slugs considered, feature matrix
+# Per question: the slugs considered, their feature matrix, their close texts (`lookup.close_texts`).
+Scored = list[tuple[list[str], npt.NDArray[np.float64], npt.NDArray[np.float64]]]
+# What the lookups that only compute features carry (features never read the weights), so a fit
+# does not need the weights file it replaces to be of this version.
+UNFITTED = Weights(FEATURES, (0.0,) * (1 + len(FEATURES)), (0.0, 0.0, 0.0), (0.0,) * (1 + len(CONFIDENCE_FEATURES)),
+                   {"confident": 0.99, "two": 2.0, "two_gap": 0.0, "shown": SHOWN_FLOOR})
 
 
 def build(db_path: str | os.PathLike[str] = CACHE, answers: Iterable[Answer] | None = None,
@@ -87,7 +96,7 @@ def folds_of(entries: Sequence[tuple[str, str | None]], folds: int = FOLDS) -> n
 
 def cross_fitted(entries: Sequence[tuple[str, str | None]], folds: int = FOLDS,
                  db_path: str | os.PathLike[str] = CACHE) -> Scored:
-    """(slugs considered, feature matrix) per question, each computed by a lookup built without
+    """(slugs considered, feature matrix, close texts) per question, each computed by a lookup built without
     the aliases cut from the questions of its fold (`folds_of`)."""
     answers = list(load_answers([ev.ANSWERS])[0].values())
     out: list[Any] = [None] * len(entries)
@@ -96,10 +105,10 @@ def cross_fitted(entries: Sequence[tuple[str, str | None]], folds: int = FOLDS,
         mine = [i for i in range(len(entries)) if fold_of[i] == fold]
         questions = [ev.words(entries[i][0]) for i in mine]
         lookup = build(db_path, [dataclasses.replace(a, aliases=tuple(x for x in a.aliases if not ev.copied_from(x, questions)))
-                                 for a in answers])
+                                 for a in answers], UNFITTED)
         for i in mine:
-            chosen, matrix, _ = lookup.features(entries[i][0])
-            out[i] = (lookup.slugs(chosen), matrix)
+            chosen, matrix, (_, offsets, similarity) = lookup.features(entries[i][0])
+            out[i] = (lookup.slugs(chosen), matrix, close_texts(offsets, similarity))
     return out
 
 
@@ -119,14 +128,14 @@ def logistic(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], sample: npt
 
 
 def fit_ranking(entries: Sequence[tuple[str, str | None]], scored: Scored) -> tuple[float, ...]:
-    x = np.vstack([matrix for _, matrix in scored])
-    y = np.concatenate([[s == slug for s in slugs] for (slugs, _), (_, slug) in zip(scored, entries, strict=True)])
+    x = np.vstack([matrix for _, matrix, _ in scored])
+    y = np.concatenate([[s == slug for s in slugs] for (slugs, _, _), (_, slug) in zip(scored, entries, strict=True)])
     return logistic(x, y.astype(float))
 
 
 def top(scored: Scored, weights: Sequence[float]) -> Iterator[tuple[str, float, float]]:
     """Each question's top-ranked answer, its ranking logit and its best similarity."""
-    for slugs, matrix in scored:
+    for slugs, matrix, _ in scored:
         logits = ranking(matrix, weights)
         best = int(np.argmax(logits))
         yield slugs[best], float(logits[best]), float(matrix[best, :3].max())
@@ -149,28 +158,29 @@ class Outcome:
     ranked: list[str]         # slugs, best first
     scores: list[float]       # their scores
     logits: list[float]       # their ranking logits
-    similarity: float         # the best answer's best similarity
+    matrix: npt.NDArray[np.float64]   # their feature rows
+    close: npt.NDArray[np.float64]    # their close texts
     fit: str = "none"
     shown: int = 0
 
     def confidence_row(self) -> list[float]:
-        return confidence_row(np.array(self.scores), np.array(self.logits), self.similarity)
+        return confidence_row(np.array(self.scores), np.array(self.logits), self.matrix, self.close)
 
 
 def outcomes(entries: Sequence[tuple[str, str | None]], scored: Scored, weights: Weights) -> list[Outcome]:
     out = []
-    for (_, slug), (slugs, matrix) in zip(entries, scored, strict=True):
+    for (_, slug), (slugs, matrix, close) in zip(entries, scored, strict=True):
         scores = probability(matrix, weights)
         logits = ranking(matrix, weights.weights)
         order = np.lexsort((np.arange(len(scores)), -scores))
         out.append(Outcome(slug, [slugs[i] for i in order], [float(scores[i]) for i in order],
-                           [float(logits[i]) for i in order], float(matrix[order[0], :3].max())))
+                           [float(logits[i]) for i in order], matrix[order], close[order]))
     return out
 
 
 def judge(found: list[Outcome], weights: Weights) -> list[Outcome]:
     for o in found:
-        o.fit, o.shown = verdict(np.array(o.scores), np.array(o.logits), o.similarity, weights)
+        o.fit, o.shown = verdict(np.array(o.scores), np.array(o.logits), o.matrix, o.close, weights)
     return found
 
 
@@ -270,11 +280,11 @@ def plain(entries: Sequence[tuple[str, str | None]], db_path: str | os.PathLike[
     answers = list(load_answers([ev.ANSWERS])[0].values())
     copies = {alias for alias, _ in ev.near_duplicates([x for a in answers for x in a.aliases], questions)}
     lookup = build(db_path, [dataclasses.replace(a, aliases=tuple(x for x in a.aliases if x not in copies))
-                             for a in answers])
+                             for a in answers], UNFITTED)
     out: Scored = []
     for question, _ in entries:
-        chosen, matrix, _ = lookup.features(question)
-        out.append((lookup.slugs(chosen), matrix))
+        chosen, matrix, (_, offsets, similarity) = lookup.features(question)
+        out.append((lookup.slugs(chosen), matrix, close_texts(offsets, similarity)))
     return out
 
 

@@ -76,8 +76,10 @@ class Weights:
     `calibration`: the score's intercept, the weight of the ranking logit, of the best similarity.
     `confident`: the confidence rule's intercept and weights over `CONFIDENCE_FEATURES` (the top
     score, its margin over the second, the best similarity, the margin between the first two
-    ranking logits), a logistic model of "the first answer is the one asked for"; confident when it
-    reaches `thresholds["confident"]`. When not confident,
+    ranking logits, and how far the first answer is ahead of every other in its best section's
+    similarity, in its best similarity, and in how many of its texts are close to the question,
+    see `confidence_row`), a logistic model of "the first answer is the one asked for"; confident
+    when it reaches `thresholds["confident"]`. When not confident,
     two answers "fit" when both reach `thresholds["two"]` and the second's score is within
     `thresholds["two_gap"]` of the first. Nothing under `thresholds["shown"]` is shown to a learner.
     """
@@ -107,9 +109,11 @@ class Weights:
                            "dev_hash": self.dev_hash, "fitted": self.fitted}, indent=1) + "\n"
 
 
-WEIGHTS_VERSION = 2
+WEIGHTS_VERSION = 3   # 3: the confidence rule's section_margin, similarity_margin, close_margin
 FEATURES = ("question", "summary", "section", "behind", "bm25", "bm25_strength")
-CONFIDENCE_FEATURES = ("score", "margin", "similarity", "logit_margin")
+CONFIDENCE_FEATURES = ("score", "margin", "similarity", "logit_margin", "section_margin", "similarity_margin",
+                       "close_margin")
+CLOSE = 0.5                # a text "close" to the question: cosine similarity at least this (close_margin)
 LEXICAL_CANDIDATES = 30    # answers the lexical stage proposes
 SHORTLIST = 300            # beyond this many answers, the semantic stage compares these text by text
 QUERY_CACHE = 4096         # question embeddings kept (LRU, on the normalised text)
@@ -511,7 +515,8 @@ class Lookup:
         logits = ranking(matrix, self.weights.weights)
         scores = probability(matrix, self.weights)
         order = np.lexsort((np.arange(len(scores)), -scores))
-        fit, shown = verdict(scores[order], logits[order], float(matrix[order[0], :3].max()), self.weights)
+        fit, shown = verdict(scores[order], logits[order], matrix[order], close_texts(offsets, similarity)[order],
+                             self.weights)
         results = []
         for i in order[:limit]:
             entry = state.entries[chosen[i]]
@@ -555,24 +560,42 @@ def default_weights() -> Weights:
 _DEFAULT: Weights | None = None
 
 
-def confidence_row(scores: npt.NDArray[np.float64], logits: npt.NDArray[np.float64], similarity: float) -> list[float]:
-    """`CONFIDENCE_FEATURES` of a response, from its scores and ranking logits, best first."""
+def close_texts(offsets: npt.NDArray[np.integer], similarity: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """How many of each answer's texts (`features`' offsets and similarities) are close to the
+    question: cosine similarity at least `CLOSE`."""
+    if len(offsets) < 2:
+        return np.zeros(0)
+    counts: npt.NDArray[np.float64] = np.add.reduceat((similarity >= CLOSE).astype(np.float64), offsets[:-1])
+    return counts
+
+
+def confidence_row(scores: npt.NDArray[np.float64], logits: npt.NDArray[np.float64], matrix: npt.NDArray[np.float64],
+                   close: npt.NDArray[np.float64]) -> list[float]:
+    """`CONFIDENCE_FEATURES` of a response, from its answers' scores, ranking logits, feature rows
+    and close texts (`close_texts`), best first. The three margins compare the first answer with
+    the best of all the others (not only the second): its best section's similarity, its best
+    similarity, and log(1 + its close texts)."""
     second = float(scores[1]) if len(scores) > 1 else 0.0
     gap = float(logits[0] - logits[1]) if len(logits) > 1 else 10.0
-    return [float(scores[0]), float(scores[0]) - second, similarity, gap]
+    best = matrix[:, :3].max(axis=1)
+    alone = len(scores) < 2   # no other answer: as if there were one at zero
+    section = float(matrix[0, 2] - (0.0 if alone else matrix[1:, 2].max()))
+    similarity = float(best[0] - (0.0 if alone else best[1:].max()))
+    texts = float(np.log1p(close[0]) - (0.0 if alone else np.log1p(close[1:].max())))
+    return [float(scores[0]), float(scores[0]) - second, float(best[0]), gap, section, similarity, texts]
 
 
-def verdict(scores: npt.NDArray[np.float64], logits: npt.NDArray[np.float64], similarity: float,
-            weights: Weights) -> tuple[str, int]:
-    """("one" | "two" | "none", how many results a learner's page shows) from the scores and
-    ranking logits, best first, and the best answer's similarity: the rule of `Weights`. The page
-    shows the first (one), the first two (two) or nothing as an answer (none), and below them up
-    to three in all, none under the near-zero floor `shown`."""
+def verdict(scores: npt.NDArray[np.float64], logits: npt.NDArray[np.float64], matrix: npt.NDArray[np.float64],
+            close: npt.NDArray[np.float64], weights: Weights) -> tuple[str, int]:
+    """("one" | "two" | "none", how many results a learner's page shows) from the answers' scores,
+    ranking logits, feature rows (`FEATURES`) and close texts (`close_texts`), best first: the rule
+    of `Weights`. The page shows the first (one), the first two (two) or nothing as an answer
+    (none), and below them up to three in all, none under the near-zero floor `shown`."""
     if not len(scores):
         return "none", 0
     t = weights.thresholds
     c = weights.confident
-    logit = c[0] + float(np.dot(c[1:], confidence_row(scores, logits, similarity)))
+    logit = c[0] + float(np.dot(c[1:], confidence_row(scores, logits, matrix, close)))
     above = int(np.sum(scores[:3] >= t["shown"]))
     second = float(scores[1]) if len(scores) > 1 else 0.0
     if logit >= math.log(t["confident"] / (1 - t["confident"])):
