@@ -187,7 +187,7 @@ def test_workers_on_one_database_map_one_float16_file(mapped):
     for lookup in (first, second):
         vectors = lookup.state.vectors
         assert isinstance(vectors, np.memmap) and vectors.dtype == np.float16
-        assert Path(vectors.filename) == files[0] and vectors.shape == (len(lookup.state.texts), DIMENSION)
+        assert Path(vectors.filename) == files[0] and vectors.shape == (len(lookup.state.kind), DIMENSION)
     question = "What is the maximum of the sigmoid derivative?"
     assert first.lookup(question, 3) == second.lookup(question, 3)
     assert first.lookup(question, 3)["results"][0]["slug"] == "sigmoid-slope"
@@ -204,8 +204,11 @@ def test_an_edit_maps_a_new_file_and_old_files_are_pruned(mapped):
         before = embedder.calls
         lookup = _lookup_over(answers, db, embedder)
         assert embedder.calls == before + 1           # only the edited section's text
+        assert f"Edit number {n}." in embedder.texts[-1]
     assert len(list((db.parent / "kb.sqlite3.vectors").glob("*.npy"))) == KEEP
-    assert "Edit number" in lookup.state.texts[lookup.state.end[lookup.state.position["averaging"]] - 1]
+    last = lookup.state.end[lookup.state.position["averaging"]] - 1     # its last section's vector is the edit's
+    edited = embedder._vectors([embedder.texts[-1]])[0]
+    assert np.allclose(lookup.state.vectors[last].astype(np.float32), edited, atol=1e-3)
 
 
 def test_a_damaged_or_unwritable_vectors_file_never_stops_search(mapped):

@@ -153,7 +153,7 @@ def test_a_restart_embeds_nothing_and_an_edit_only_what_changed(tmp_path):
     first = Lookup(SearchIndex(path), path, embedder)
     before = embedder.calls
     first.rebuild(SYNTHETIC)
-    texts = len(first.state.texts)
+    texts = len(first.state.kind)
     assert embedder.calls - before == texts
     before = embedder.calls
     Lookup(SearchIndex(path), path, embedder).rebuild(SYNTHETIC)         # a restart

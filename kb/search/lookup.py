@@ -204,6 +204,13 @@ def digest(answer: Answer) -> str:
     return fields_digest(answer.slug, answer.title, answer.summary, answer.body, *answer.aliases)
 
 
+def _forgotten(unit: _Units) -> dict[str, Any]:
+    """What a unit keeps of its texts once they have vectors: only how many there are (and each
+    section's anchor and title). At 10,000 answers their words are ~90 MiB per process."""
+    return {"texts": ("",) * len(unit.texts),
+            "section": tuple(s if s is None else Section(s.anchor, s.title, "") for s in unit.section)}
+
+
 def _units(answer: Answer) -> _Units:
     parts = [(0, answer.title, None), *((0, alias, None) for alias in answer.aliases),
              (1, answer.summary, None), *((2, s.text, s) for s in sections(answer))]
@@ -214,7 +221,6 @@ def _units(answer: Answer) -> _Units:
 @dataclass
 class _State:
     entries: list[_Answer]             # by slug
-    texts: list[str]                   # every embedded text; an answer's texts are contiguous
     vectors: npt.NDArray[np.floating]  # [texts x 384] unit vectors: float16, mapped (kb.search.mapped)
     owner: npt.NDArray[np.int64]       # the answer (index into entries) of each text
     kind: npt.NDArray[np.int8]         # 0 a question (title or alias), 1 the summary, 2 a section
@@ -234,24 +240,22 @@ class _State:
     def of(cls, units: list[_Units], matrix: npt.NDArray[np.floating]) -> _State:
         """The state over these answers' units, in this order, whose texts' vectors are `matrix`'s rows."""
         entries: list[_Answer] = []
-        texts: list[str] = []
         owner: list[int] = []
         kind: list[int] = []
         section: list[Section | None] = []
         for i, unit in enumerate(units):
             assert unit.centroid is not None
             entries.append(unit.entry)
-            texts += unit.texts
             owner += [i] * len(unit.texts)
             kind += unit.kind
             section += unit.section
         centroids = (np.stack([unit.centroid for unit in units if unit.centroid is not None]) if units
                      else np.zeros((0, DIMENSION), np.float32))
-        return cls(entries, texts, matrix, np.array(owner, np.int64), np.array(kind, np.int8), section,
+        return cls(entries, matrix, np.array(owner, np.int64), np.array(kind, np.int8), section,
                    {e.slug: i for i, e in enumerate(entries)}, centroids)
 
 
-EMPTY = _State([], [], np.zeros((0, DIMENSION), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int8), [], {},
+EMPTY = _State([], np.zeros((0, DIMENSION), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int8), [], {},
                np.zeros((0, DIMENSION), np.float32))
 
 
@@ -309,11 +313,6 @@ class Lookup:
 
     # -- building ------------------------------------------------------------------------------
 
-    def needs_embedding(self, answers: Iterable[Answer]) -> int:
-        """How many of the answers' texts have no stored vector (sections the changed answers)."""
-        texts = [t for a in answers for t in self._prepared(a, digest(a))[1].texts]
-        return self.cache.missing(texts)
-
     def _prepared(self, answer: Answer, key: str) -> tuple[str, _Units]:
         known = self._units.get(answer.slug)
         if known is not None and known[0] == key:
@@ -349,8 +348,8 @@ class Lookup:
         offset, plain = 0, np.asarray(matrix)   # views of a plain array: a memmap's slicing is slower
         for slug, (key, unit) in prepared.items():  # each answer's rows of the mapped matrix
             rows_of = plain[offset:offset + len(unit.texts)]
-            centroid = unit.centroid if unit.vectors is not None else mean_direction(rows_of)
-            prepared[slug] = (key, dataclasses.replace(unit, vectors=rows_of, centroid=centroid))
+            prepared[slug] = (key, dataclasses.replace(unit, vectors=rows_of) if unit.vectors is not None else
+                              dataclasses.replace(unit, vectors=rows_of, centroid=mean_direction(rows_of), **_forgotten(unit)))
             offset += len(unit.texts)
         self._units = prepared
         state = _State.of([unit for _, unit in prepared.values()], matrix)
