@@ -17,7 +17,6 @@ import asyncio
 import json
 import re
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from forked_kernels import ForkedKernelManager, fork_server
-from helpers import ROOT, answer_text, run_cli
+from helpers import ROOT, answer_text, copy_database, run_cli
 from nbclient import NotebookClient
 
 from kb.notebook import check_line
@@ -45,8 +44,7 @@ KERNEL_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THRE
 @pytest.fixture(scope="module")
 def real_client(real_evidence, tmp_path_factory):
     """The service over the real answers and their evidence (runs nothing: the evidence is there)."""
-    db = tmp_path_factory.mktemp("notebook") / "real.sqlite3"
-    shutil.copyfile(real_evidence, db)
+    db = copy_database(real_evidence, tmp_path_factory.mktemp("notebook") / "real.sqlite3")  # with its WAL
     app = create_app({"KB_ANSWERS": str(ROOT / "answers"), "KB_DB": str(db), "TESTING": True,
                       "KB_RUN_MISSING": "wait"})
     yield app.test_client()
