@@ -64,11 +64,19 @@ def stop(*_):
             os.killpg(pid, signal.SIGKILL)
         except OSError:
             pass
+    try:  # its socket and folder (the test process removes them too, if it is still there)
+        os.unlink(path)
+        os.rmdir(os.path.dirname(path))
+    except OSError:
+        pass
     os._exit(0)
 
 
 signal.signal(signal.SIGTERM, stop)
+parent = os.getppid()
 while True:
+    if os.getppid() != parent:  # the test process is gone (killed): so is the need for kernels
+        stop()
     while children:  # reap the kernels that exited
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
