@@ -6,6 +6,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -49,10 +50,16 @@ def real_evidence(tmp_path_factory) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (shared / "real-answers.done").exists():
             answers, _ = load_answers([ROOT / "answers"])
-            with Runner() as runner:
-                for _ in check_all(answers.values(), runner, Store(path)):
-                    pass
-            embed_answers(answers.values(), path, shared_embedder())  # what `kb check` does after running
+            # What `kb check` does, running then embedding; here at once, as they do not depend on
+            # each other (the runner runs two answers at a time, the model embeds on one thread):
+            # the other worker may be waiting on the lock.
+            store = Store(path)  # the file made before two threads open it
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                vectors = pool.submit(embed_answers, answers.values(), path, shared_embedder())
+                with Runner() as runner:
+                    for _ in check_all(answers.values(), runner, store):
+                        pass
+                vectors.result()
             (shared / "real-answers.done").touch()
     return path
 

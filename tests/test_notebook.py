@@ -4,8 +4,11 @@ where every check must hold, with the same value, as in the runner's evidence.
 
 The kernel is this interpreter's ipykernel under a kernel spec the test writes (its own name, in
 its own JUPYTER_PATH, with the runner's one BLAS thread and PYTHONHASHSEED), so it needs no
-`ipykernel install` and no kernel of the developer's can stand in for it. Notebooks run
-`PARALLEL` at a time; the figures (how many, how long) go to test-artifacts/notebooks.json.
+`ipykernel install` and no kernel of the developer's can stand in for it. Each notebook gets a
+kernel process of its own, forked from a process that has imported ipykernel, NumPy and
+matplotlib once (tests/forked_kernels.py: most of a kernel's CPU was its start-up and those
+imports). Notebooks run `PARALLEL` at a time; the figures (how many, how long) go to
+test-artifacts/notebooks.json.
 """
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ import asyncio
 import json
 import re
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +24,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from helpers import ROOT, answer_text, run_cli
+from forked_kernels import ForkedKernelManager, fork_server
+from helpers import ROOT, answer_text, copy_database, run_cli
 from nbclient import NotebookClient
 
 from kb.notebook import check_line
@@ -34,13 +37,14 @@ PARALLEL = 2
 CELL_TIMEOUT = 120  # seconds: far above any answer's run (the runner's limit is 30 s per answer)
 ARTIFACTS = ROOT / "test-artifacts"
 CLOCK = re.compile(r"\b(perf_counter|process_time|monotonic|timeit)\b|\btime\.time\(")
+# As the runner's fork server: one BLAS thread, a fixed hash seed.
+KERNEL_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
 
 @pytest.fixture(scope="module")
 def real_client(real_evidence, tmp_path_factory):
     """The service over the real answers and their evidence (runs nothing: the evidence is there)."""
-    db = tmp_path_factory.mktemp("notebook") / "real.sqlite3"
-    shutil.copyfile(real_evidence, db)
+    db = copy_database(real_evidence, tmp_path_factory.mktemp("notebook") / "real.sqlite3")  # with its WAL
     app = create_app({"KB_ANSWERS": str(ROOT / "answers"), "KB_DB": str(db), "TESTING": True,
                       "KB_RUN_MISSING": "wait"})
     yield app.test_client()
@@ -61,9 +65,7 @@ def kernel_env(tmp_path_factory):
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "kb tests", "language": "python",
-        # As the runner's fork server: one BLAS thread, a fixed hash seed.
-        "env": {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"},
+        "display_name": "kb tests", "language": "python", "env": KERNEL_ENV,
     }))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("JUPYTER_PATH", str(base))
@@ -83,6 +85,7 @@ async def _execute_all(notebooks: dict, workdir: Path) -> dict:
             folder.mkdir()
             started = time.perf_counter()
             client = NotebookClient(notebook, kernel_name=KERNEL, timeout=CELL_TIMEOUT, allow_errors=True,
+                                    kernel_manager_class=ForkedKernelManager,
                                     resources={"metadata": {"path": str(folder)}})
             # The kernel's own stderr (its warning about TCP) is dropped; cell outputs still come back.
             await client.async_execute(stderr=subprocess.DEVNULL)
@@ -104,12 +107,13 @@ def executed(request, real_client, kernel_env, tmp_path_factory):
     for notebook in notebooks.values():
         notebook.cells.append(nbformat.v4.new_code_cell(REPORT))
     started, cpu = time.perf_counter(), _children_cpu()
-    results = asyncio.run(_execute_all(notebooks, tmp_path_factory.mktemp("kernels")))
+    with fork_server(KERNEL_ENV):  # its kernels' CPU is counted once it is reaped, on exit
+        results = asyncio.run(_execute_all(notebooks, tmp_path_factory.mktemp("kernels")))
     wall, cpu = time.perf_counter() - started, _children_cpu() - cpu
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "notebooks.json").write_text(json.dumps({
         "notebooks": len(results), "parallel": PARALLEL, "wall_s": round(wall, 2),
-        "kernels_cpu_s": round(cpu, 2),  # user + system time of the kernels, which this process reaps
+        "kernels_cpu_s": round(cpu, 2),  # user + system time of the fork server and its kernels
         "per_notebook_s": {slug: round(seconds, 2) for slug, (_, seconds) in sorted(results.items())},
     }, indent=1))
     return results
