@@ -1,3 +1,5 @@
+# Every answer's snippets run in `kb audit` (a wrong claim fails there at file.md:line), in the
+# tests' shared evidence and in the notebook test; `pytest answers` runs them as test items too.
 # Two commands matter: `make run` (serve the knowledge base) and `make test` (everything CI runs).
 PYTHON ?= python3
 VENV := .venv
@@ -25,7 +27,7 @@ test: setup
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
 	$(PY) -m kb audit --quiet
-	$(PY) -m pytest -n auto --durations=10
+	$(PY) -m pytest -n auto --durations=10 tests
 
 # Benchmarks against baselines measured in the same run; writes bench/results.md and a plot.
 bench: setup

@@ -13,7 +13,9 @@ computation the check's condition depends on. Each mutant runs through the ordin
 - **identity**: the check says so itself, `check(claim, condition, value, identity="why")`: a
   mathematical identity shown on purpose. Listed, never mutated, never silently left out.
 - **failing** / **unreached**: the answer's own run fails the check or never gets to it
-  (`kb check` reports that); nothing to audit.
+  (`kb check` reports that); nothing to audit, and the audit fails, as for a survivor: a wrong
+  claim fails `make test` here, at its line, before pytest starts. So does an answer whose own
+  run ends in an error or a timeout after its last check.
 
 Scheduling. An answer's audit goes in rounds: every check still open picks its next
 candidate not yet run; the round's mutants run in parallel (`jobs`), each only up to the last
@@ -63,7 +65,9 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
     slug TEXT PRIMARY KEY, key TEXT NOT NULL, stored_ns INTEGER NOT NULL, record TEXT NOT NULL
 )"""
-FAILING_STATUSES = ("survived",)  # what makes `kb audit` exit 1
+# What makes `kb audit` exit 1: a check that cannot fail, and a wrong claim (the answer's own run
+# fails the check or never reaches it), so `make test` fails at file.md:line on either.
+FAILING_STATUSES = ("survived", "failing", "unreached")
 
 
 def audit_key(answer: Answer) -> str:
@@ -440,7 +444,10 @@ def cmd_audit(args: argparse.Namespace, default_answers: str) -> int:
         print()
     if errors or any(r.get("error") for r in records):
         return 2
-    return 1 if any(c["status"] in FAILING_STATUSES for r in records for c in r["checks"]) else 0
+    broken = [r for r in records if r.get("baseline") in ("failed", "error", "timeout")]
+    for record in broken:
+        print(f"{answers[record['slug']].path}: its own run ends {record['baseline']} (see `kb check`)", file=report)
+    return 1 if broken or any(c["status"] in FAILING_STATUSES for r in records for c in r["checks"]) else 0
 
 
 def survivors(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

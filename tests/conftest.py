@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import sqlite3
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +35,9 @@ def no_kb_settings(monkeypatch):
     monkeypatch.setenv("KB_RUN_MISSING", "wait")
 
 
+PROJECT_STORE = ROOT / ".kb" / "kb.sqlite3"   # `make run`'s, `kb check`'s and `kb audit`'s default database
+
+
 @pytest.fixture(scope="session")
 def real_evidence(tmp_path_factory) -> Path:
     """A database holding the evidence of the real answers and the embeddings of their texts,
@@ -41,6 +45,11 @@ def real_evidence(tmp_path_factory) -> Path:
 
     xdist workers share the session's base directory: the first to need it runs the answers under
     a lock, the others wait and reuse the file. Tests copy it (`real_db`); nobody writes to it.
+
+    It starts from a copy of the project's own store, `.kb/kb.sqlite3`, where there is one: in
+    `make test`, `kb audit` has just run every answer into it, and evidence is keyed by the code,
+    the interpreter, NumPy and the runner (`kb.store.evidence.cache_key`), so only what that
+    store lacks runs here. A store that cannot be read is no help: the session starts empty.
     """
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker has its own folder in the session's
@@ -50,6 +59,11 @@ def real_evidence(tmp_path_factory) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (shared / "real-answers.done").exists():
             answers, _ = load_answers([ROOT / "answers"])
+            try:
+                if PROJECT_STORE.is_file():
+                    copy_database(PROJECT_STORE, path)
+            except sqlite3.Error:  # unreadable: every answer runs
+                path.unlink(missing_ok=True)
             # What `kb check` does, running then embedding; here at once, as they do not depend on
             # each other (the runner runs two answers at a time, the model embeds on one thread):
             # the other worker may be waiting on the lock.

@@ -81,6 +81,19 @@ def test_checks_that_cannot_fail_survive_and_fail_the_run(tmp_path):
     assert "nothing it depends on can be broken" in proc.stderr  # the sqrt(4) check
 
 
+def test_a_wrong_claim_fails_the_audit_at_its_line(tmp_path):
+    """`make test` runs the audit, not pytest over answers/: a wrong claim must fail it there."""
+    wrong = write(tmp_path, "wrong", AVERAGE.replace("dW / m", "dW / (m - 1)"))
+    crash = write(tmp_path, "crash", AVERAGE + "raise RuntimeError('after the last check')\n")
+    proc, data = audit(tmp_path, wrong, crash)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = answer_text(snippets=(AVERAGE,), prose="Some prose.").splitlines().index(
+        "check(\"dW is the average of the examples' gradients\", np.allclose(dW[:, 0], [1.5, 5.5, 9.5]), dW.ravel())") + 1
+    assert f"answers/wrong.md:{line}: failing   dW is the average" in proc.stderr, proc.stderr
+    assert "answers/crash.md: its own run ends error" in proc.stderr, proc.stderr
+    assert data["totals"]["failing"] == 1
+
+
 def test_an_identity_is_listed_never_mutated_and_does_not_fail_the_run(tmp_path):
     path = write(tmp_path, "identity", IDENTITY)
     proc, data = audit(tmp_path, path)
