@@ -1,5 +1,7 @@
-# Every answer's snippets run in `kb audit` (a wrong claim fails there at file.md:line), in the
-# tests' shared evidence and in the notebook test; `pytest answers` runs them as test items too.
+# Every answer's snippets run in `kb audit` (a wrong claim fails there at file.md:line), and the
+# notebook test runs them again; `pytest answers` runs them as test items too. The audit and
+# `kb index` keep their results in .kb/kb.sqlite3 by content (evidence, audits, the answers'
+# vectors), where the tests' real-answers database starts from: a second run redoes none of it.
 # Two commands matter: `make run` (serve the knowledge base) and `make test` (everything CI runs).
 PYTHON ?= python3
 VENV := .venv
@@ -27,6 +29,7 @@ test: setup
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
 	$(PY) -m kb audit --quiet
+	$(PY) -m kb index
 	$(PY) -m pytest -n auto --durations=10 tests
 
 # Benchmarks against baselines measured in the same run; writes bench/results.md and a plot.

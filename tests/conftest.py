@@ -47,9 +47,10 @@ def real_evidence(tmp_path_factory) -> Path:
     a lock, the others wait and reuse the file. Tests copy it (`real_db`); nobody writes to it.
 
     It starts from a copy of the project's own store, `.kb/kb.sqlite3`, where there is one: in
-    `make test`, `kb audit` has just run every answer into it, and evidence is keyed by the code,
-    the interpreter, NumPy and the runner (`kb.store.evidence.cache_key`), so only what that
-    store lacks runs here. A store that cannot be read is no help: the session starts empty.
+    `make test`, `kb audit` has just run every answer into it and `kb index` embedded their texts;
+    evidence is keyed by the code, the interpreter, NumPy and the runner
+    (`kb.store.evidence.cache_key`), vectors by the text and the model, so only what that store
+    lacks is run or embedded here. A store that cannot be read is no help: the session starts empty.
     """
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker has its own folder in the session's
