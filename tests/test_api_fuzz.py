@@ -12,6 +12,7 @@ The schema is built from `service.openapi.spec()` at import (schemathesis' lazy
 `pytest.from_fixture` loader does not work under pytest 9), and the test checks that the app
 serves exactly that document at /api/openapi.json; requests go to the app through `app=`.
 """
+import importlib
 import re
 
 import pytest
@@ -24,6 +25,20 @@ from service import create_app
 from service.openapi import spec
 
 schema = schemathesis.openapi.from_dict(spec())
+# What schemathesis and Hypothesis import lazily while the tests below run, imported now, at
+# collection: pytest rewrites the modules of its entry-point plugins (both are) as they are first
+# imported, and on CPython before 3.11.8 an AST built while another thread builds one can raise
+# "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905). Imported
+# mid-test, with an app's threads running, `schemathesis.transport.wsgi` failed one fresh-clone
+# run in three. (The list: the modules new in sys.modules after collection, by a watching plugin.)
+for _module in ("schemathesis.transport.wsgi", "schemathesis.transport.asgi", "schemathesis.engine.errors",
+                "schemathesis.engine.events", "schemathesis.engine.statistic", "schemathesis.engine.summary",
+                "schemathesis.generation.body_overrides", "schemathesis.generation.dictionaries",
+                "schemathesis.reporting.html.writer", "schemathesis.reporting.junitxml",
+                "schemathesis.reporting.recorders", "schemathesis.specs.openapi.object_authorization",
+                "schemathesis.wfc.escalation", "hypothesis.internal.conjecture.optimiser",
+                "hypothesis.strategies._internal.flatmapped", "hypothesis.strategies._internal.regex"):
+    importlib.import_module(_module)
 OPERATIONS = {op.ok().label: op.ok() for op in schema.get_all_operations()}
 FUZZ = settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
