@@ -10,6 +10,7 @@ On the restarted service, `kill -9` of the worker alone shows the fork server le
 parent (its stdin closes); a clean stop leaves no process and no scratch directory behind.
 """
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -208,10 +209,11 @@ def _cwd(pid: int) -> str:
 
 
 def _swallow(function, *args, **kwargs):
-    """Call, ignoring the connection errors a killed server causes."""
+    """Call, ignoring the connection errors a killed server causes (a kill that lands mid-response
+    leaves the body short: `http.client.IncompleteRead`, not an OSError)."""
     try:
         return function(*args, **kwargs)
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return None
 
 
