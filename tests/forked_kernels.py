@@ -44,6 +44,8 @@ SERVER = r'''
 import json, os, signal, socket, sys
 
 os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # as ipykernel's init_gui_pylab
+# Imported only to be loaded before the fork (each kernel then starts without importing them):
+# unused here on purpose, hence the noqa.
 import numpy  # noqa: F401
 import matplotlib.pyplot  # noqa: F401
 from ipykernel import kernelapp  # noqa: F401
