@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, copy_database
+from helpers import ROOT, copy_database, run_cli
 from service_fixtures import write_small_answers
 
 from kb.format.answer import load_answers
@@ -52,9 +52,7 @@ def real_evidence(tmp_path_factory) -> Path:
     (`kb.store.evidence.cache_key`), vectors by the text and the model, so only what that store
     lacks is run or embedded here. A store that cannot be read is no help: the session starts empty.
     """
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker has its own folder in the session's
-        shared = shared.parent
+    shared = session_folder(tmp_path_factory)
     path = shared / "real-answers.sqlite3"
     with open(shared / "real-answers.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -77,6 +75,32 @@ def real_evidence(tmp_path_factory) -> Path:
                 vectors.result()
             (shared / "real-answers.done").touch()
     return path
+
+
+def session_folder(tmp_path_factory) -> Path:
+    """The folder every xdist worker of this session shares (each has its own below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def real_site(real_evidence, tmp_path_factory) -> Path:
+    """The static export of the real answers, built once per session by `kb build` as a user runs
+    it (under a lock, as `real_evidence`); `real_site.parent / "kb.sqlite3"` is the database it
+    was built from. Read-only: three modules open it (export, browser, static search)."""
+    shared = session_folder(tmp_path_factory)
+    work = shared / "real-site"
+    with open(shared / "real-site.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "real-site.done").exists():
+            shutil.rmtree(work, ignore_errors=True)  # what a failed build left
+            work.mkdir()
+            copy_database(real_evidence, work / "kb.sqlite3")  # with its WAL: the vectors are there
+            built = run_cli("build", work / "site", "--answers", ROOT / "answers", "--db", work / "kb.sqlite3",
+                            cwd=work, timeout=600)
+            assert built.returncode == 0, built.stdout + built.stderr
+            (shared / "real-site.done").touch()
+    return work / "site"
 
 
 @pytest.fixture

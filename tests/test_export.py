@@ -75,8 +75,8 @@ def test_build_never_replaces_what_it_did_not_write(tmp_path):
     assert (out / "index.html").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".site")] == []
 
 
-def test_export_of_the_knowledge_base_has_every_answer_with_evidence(tmp_path, real_db):
-    out = build(ROOT / "answers", tmp_path, real_db)
+def test_export_of_the_knowledge_base_has_every_answer_with_evidence(real_site):
+    out = real_site
     for source in (ROOT / "answers").glob("*.md"):
         page = out / "answers" / f"{source.stem}.html"
         html = page.read_text()

@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, copy_database, run_cli
+from helpers import ROOT, copy_database
 from lookup_cases import CASES
 
 from kb.search.index import TOKENIZE, WORD_RE, SearchIndex
@@ -29,17 +29,14 @@ QUERIES = [q for q, _ in CASES] + [
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, real_evidence):
-    work = tmp_path_factory.mktemp("static")
-    copy_database(real_evidence, work / "kb.sqlite3")  # evidence and embeddings already computed (WAL included)
-    built = run_cli("build", work / "site", "--answers", ROOT / "answers", "--db", work / "kb.sqlite3", cwd=work, timeout=600)
-    assert built.returncode == 0, built.stderr
+def exported(tmp_path_factory, real_site):
+    db = copy_database(real_site.parent / "kb.sqlite3", tmp_path_factory.mktemp("static") / "kb.sqlite3")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page()
-        page.goto((work / "site" / "search.html").as_uri())
+        page.goto((real_site / "search.html").as_uri())
         page.wait_for_function("window.KB_LEXICAL !== undefined && window.KB_RANK !== undefined")
-        yield page, SearchIndex(work / "kb.sqlite3")
+        yield page, SearchIndex(db)
         browser.close()
 
 
