@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
+from kb.format import code as syntax
 from kb.format.answer import SLUG_RE, Answer, FormatError
 from kb.format.draft import PLACEHOLDERS
 from kb.format.topics import BY_KEY as TOPICS
@@ -167,7 +168,7 @@ def _checks_that_cannot_fail(answer: Answer) -> list[FormatError]:
     problems = []
     for snippet in answer.runnable:
         try:
-            tree = ast.parse(snippet.code)
+            tree = syntax.parse(snippet.code)
         except SyntaxError:
             continue  # kb check reports it where it runs
         for node in ast.walk(tree):

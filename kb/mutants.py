@@ -48,6 +48,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from kb.format import code as syntax
 from kb.format.answer import Answer, Snippet
 
 # The NumPy confusions the `function` operator makes (both ways where listed both ways).
@@ -132,7 +133,7 @@ def analyse(answer: Answer) -> Analysis:
     trees: dict[int, ast.Module] = {}
     for snippet in answer.runnable:
         try:
-            tree = ast.parse(snippet.code)
+            tree = syntax.parse(snippet.code)
         except SyntaxError:
             continue  # the runner reports it; nothing to audit in it
         trees[snippet.index] = tree
@@ -182,7 +183,7 @@ def valid(answer: Answer, mutant: Mutant) -> bool:
     """True if the mutated snippet still parses (checked only for the mutants that run)."""
     snippet = next(s for s in answer.snippets if s.index == mutant.snippet)
     try:
-        ast.parse(snippet.code[:mutant.start] + mutant.replacement + snippet.code[mutant.end:])
+        syntax.parse(snippet.code[:mutant.start] + mutant.replacement + snippet.code[mutant.end:])
     except SyntaxError:
         return False
     return True

@@ -7,6 +7,7 @@ import re
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 from markupsafe import Markup, escape
 
+from kb.format import code as syntax
 from kb.format.draft import is_draft
 from kb.format.topics import BY_KEY, TOPICS
 from kb.notebook import MIMETYPE, build_notebook, notebook_json
@@ -171,7 +172,7 @@ def source_line(snippet: dict, line) -> str | None:
         return None
     code, at = snippet["code"], line - snippet["line"]  # the code starts on the line after the fence
     try:
-        calls = [node for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Call)
+        calls = [node for node in ast.walk(syntax.parse(code)) if isinstance(node, ast.Call)
                  and isinstance(node.func, ast.Name) and node.func.id == "check" and node.lineno <= at <= node.end_lineno]
     except SyntaxError:
         calls = []

@@ -10,7 +10,9 @@ only stop a broken build from hanging the suite.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -194,10 +196,15 @@ def test_workers_on_one_database_map_one_float16_file(mapped):
 
 
 def test_an_edit_maps_a_new_file_and_old_files_are_pruned(mapped):
-    from kb.search.mapped import KEEP
+    from kb.search.mapped import ABANDONED_S, KEEP
 
     answers, db, embedder = mapped
     lookup = _lookup_over(answers, db, embedder)
+    folder = db.parent / "kb.sqlite3.vectors"
+    killed, writing = folder / ".killed-writer.tmp", folder / ".live-writer.tmp"   # as a writer names them
+    for left in (killed, writing):
+        left.write_bytes(b"half a matrix")
+    os.utime(killed, (time.time() - ABANDONED_S - 60,) * 2)
     page = answers / "averaging.md"
     for n in range(KEEP + 2):
         page.write_text(page.read_text() + f"\nEdit number {n}.\n")
@@ -205,7 +212,8 @@ def test_an_edit_maps_a_new_file_and_old_files_are_pruned(mapped):
         lookup = _lookup_over(answers, db, embedder)
         assert embedder.calls == before + 1           # only the edited section's text
         assert f"Edit number {n}." in embedder.texts[-1]
-    assert len(list((db.parent / "kb.sqlite3.vectors").glob("*.npy"))) == KEEP
+    assert len(list(folder.glob("*.npy"))) == KEEP
+    assert not killed.exists() and writing.exists(), "what a killed writer left goes; a live writer's file stays"
     last = lookup.state.end[lookup.state.position["averaging"]] - 1     # its last section's vector is the edit's
     edited = embedder._vectors([embedder.texts[-1]])[0]
     assert np.allclose(lookup.state.vectors[last].astype(np.float32), edited, atol=1e-3)

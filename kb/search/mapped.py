@@ -6,7 +6,8 @@ of one private copy per worker; float16 halves that copy (its rounding, ~1e-3 of
 vector's components, moves no dev-split figure: docs/search.md). The file is derived: the
 database's `embeddings` table stays the source, and a missing, stale or unreadable file is
 written again. Files are written to a temporary name and renamed, so a reader never maps half a
-file; the newest `KEEP` stay (a worker may still map an older one: unlinking leaves its mapping).
+file; the newest `KEEP` stay (a worker may still map an older one: unlinking leaves its mapping),
+and a temporary file a killed writer left is removed once it is `ABANDONED_S` old.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 DTYPE = np.float16
 FORMAT = 1   # bump when what a file holds, or how it is named, changes
 KEEP = 3     # files kept per database: the current state's and a few a worker may still map
+ABANDONED_S = 600   # a temporary file this old has no writer: a write takes well under a second
 
 
 class VectorFiles:
@@ -63,13 +66,17 @@ class VectorFiles:
         in memory where the folder cannot be written: the search works the same)."""
         matrix = (np.concatenate(parts, dtype=DTYPE, casting="same_kind") if parts
                   else np.zeros((0, DIMENSION), DTYPE))
+        written: str | None = None
         try:
             self.folder.mkdir(exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.folder, prefix=".", suffix=".tmp", delete=False) as f:
+                written = f.name
                 np.save(f, matrix, allow_pickle=False)
-            os.replace(f.name, self.path(key))
+            os.replace(written, self.path(key))
         except OSError as exc:
             log.warning("search vectors kept in memory: %s", exc)
+            if written:  # a full disk: nothing half-written stays
+                Path(written).unlink(missing_ok=True)
             return matrix
         self._prune(key)
         mapped = self.load(key, len(matrix)) if len(matrix) else None
@@ -80,5 +87,8 @@ class VectorFiles:
             files = sorted(self.folder.glob("*.npy"), key=lambda p: p.stat().st_mtime, reverse=True)
             for stale in [p for p in files if p.stem != current][KEEP - 1:]:
                 stale.unlink(missing_ok=True)
+            for left in self.folder.glob(".*.tmp"):
+                if time.time() - left.stat().st_mtime > ABANDONED_S:
+                    left.unlink(missing_ok=True)
         except OSError:  # another process pruned first
             pass

@@ -20,6 +20,7 @@ from typing import Any, NotRequired, TypedDict
 
 import numpy
 
+from kb.format import code as syntax
 from kb.format.answer import Answer, Snippet
 
 
@@ -297,7 +298,7 @@ def describe(c: dict[str, int]) -> str:
 def check_lines(code: str) -> tuple[int, ...]:
     """The lines (1-based, within the snippet) of the `check(...)` calls written in its code."""
     try:
-        tree = ast.parse(code)
+        tree = syntax.parse(code)
     except SyntaxError:
         return tuple(i for i, line in enumerate(code.splitlines(), 1) if "check(" in line)
     return tuple(sorted(node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
