@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -209,6 +210,27 @@ def test_gaps_are_bounded(tmp_path):
     assert [g["query"] for g in gaps.list()] == ["b", "e", "d"]          # the rarest, oldest went
     gaps.record("f", now=30 * 86400)                                     # 10 days later the rest are old
     assert [g["query"] for g in gaps.list()] == ["f"]
+
+
+def test_gaps_recorded_by_many_threads_at_once_all_count(tmp_path):
+    """A thread that finds another writing gaps leaves its own to that thread's transaction (so a
+    search never waits on it): none is lost, none counted twice."""
+    gaps = Gaps(tmp_path / "kb.sqlite3")
+    write = gaps._write
+    gaps._write = lambda batch: (time.sleep(0.002), write(batch))  # a slow disk: the others queue meanwhile
+    go = threading.Barrier(8)
+
+    def ask():
+        go.wait()
+        for i in range(50):
+            gaps.record(f"Question  {i % 5}")
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted((g["query"], g["count"]) for g in gaps.list()) == [(f"question {i}", 80) for i in range(5)]
 
 
 # --- the pinned model files --------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from contextlib import closing
 from pathlib import Path
@@ -52,20 +53,42 @@ class Gaps:
         new = not path.exists()
         self.database = Database(path)
         self.max_entries, self.max_age = max_entries, max_age_days * 86400
+        self._queued: list[tuple[str, float]] = []
+        self._queue_lock, self._writing = threading.Lock(), threading.Lock()
         with self.database.write() as db:
             db.execute(SCHEMA)
             if new:
                 db.executemany("INSERT OR IGNORE INTO gaps VALUES (?, ?, ?, ?)", _kept_in_store(Path(db_path)))
 
     def record(self, query: object, now: float | None = None) -> None:
-        """Count one more asking of `query` (normalised), then keep the table within its bounds."""
+        """Count one more asking of `query` (normalised), then keep the table within its bounds.
+
+        Written before this returns, unless another thread of this process is writing gaps at
+        that moment: then that thread writes this one too, in its transaction, and this search
+        does not wait (searches record gaps on request threads; waiting there was the p99)."""
         text = normalise(query)
         if not text:
             return
-        now = time.time() if now is None else now
+        with self._queue_lock:
+            self._queued.append((text, time.time() if now is None else now))
+        while self._writing.acquire(blocking=False):
+            try:
+                with self._queue_lock:
+                    batch, self._queued = self._queued, []
+                if batch:
+                    self._write(batch)
+            finally:
+                self._writing.release()
+            with self._queue_lock:  # one queued after the last batch, by a thread that found us busy
+                if not self._queued:
+                    return
+
+    def _write(self, batch: list[tuple[str, float]]) -> None:
+        now = max(seen for _, seen in batch)
         with self.database.write() as db:
-            db.execute("INSERT INTO gaps VALUES (?, 1, ?, ?) ON CONFLICT (query) DO UPDATE "
-                       "SET count = count + 1, last_seen = excluded.last_seen", (text, now, now))
+            db.executemany("INSERT INTO gaps VALUES (?, 1, ?, ?) ON CONFLICT (query) DO UPDATE "
+                           "SET count = count + 1, last_seen = excluded.last_seen",
+                           [(text, seen, seen) for text, seen in batch])
             db.execute("DELETE FROM gaps WHERE last_seen < ?", (now - self.max_age,))
             db.execute("DELETE FROM gaps WHERE rowid IN (SELECT rowid FROM gaps ORDER BY count ASC, last_seen ASC "
                        "LIMIT max(0, (SELECT count(*) FROM gaps) - ?))", (self.max_entries,))
