@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
-from kb.format import code as syntax
+from kb.format import syntax
 from kb.format.answer import SLUG_RE, Answer, FormatError
 from kb.format.draft import PLACEHOLDERS
 from kb.format.topics import BY_KEY as TOPICS

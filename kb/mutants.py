@@ -48,7 +48,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from kb.format import code as syntax
+from kb.format import syntax
 from kb.format.answer import Answer, Snippet
 
 # The NumPy confusions the `function` operator makes (both ways where listed both ways).

@@ -7,7 +7,7 @@ import re
 from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
 from markupsafe import Markup, escape
 
-from kb.format import code as syntax
+from kb.format import syntax
 from kb.format.draft import is_draft
 from kb.format.topics import BY_KEY, TOPICS
 from kb.notebook import MIMETYPE, build_notebook, notebook_json

@@ -7,7 +7,9 @@ import os
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,11 +54,9 @@ def real_evidence(tmp_path_factory) -> Path:
     (`kb.store.evidence.cache_key`), vectors by the text and the model, so only what that store
     lacks is run or embedded here. A store that cannot be read is no help: the session starts empty.
     """
-    shared = session_folder(tmp_path_factory)
-    path = shared / "real-answers.sqlite3"
-    with open(shared / "real-answers.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (shared / "real-answers.done").exists():
+    path = session_folder(tmp_path_factory) / "real-answers.sqlite3"
+    with once_per_session(tmp_path_factory, "real-answers") as first:
+        if first:
             answers, _ = load_answers([ROOT / "answers"])
             try:
                 if PROJECT_STORE.is_file():
@@ -73,7 +73,6 @@ def real_evidence(tmp_path_factory) -> Path:
                     for _ in check_all(answers.values(), runner, store):
                         pass
                 vectors.result()
-            (shared / "real-answers.done").touch()
     return path
 
 
@@ -83,23 +82,35 @@ def session_folder(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+@contextmanager
+def once_per_session(tmp_path_factory, name: str) -> Iterator[bool]:
+    """Hold `name`'s lock in the session's shared folder; True for the first worker to get here,
+    which builds the thing (marked done when the block ends without an error), False for the
+    others, which wait for it and reuse it."""
+    shared = session_folder(tmp_path_factory)
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = shared / f"{name}.done"
+        first = not done.exists()
+        yield first
+        if first:
+            done.touch()
+
+
 @pytest.fixture(scope="session")
 def real_site(real_evidence, tmp_path_factory) -> Path:
     """The static export of the real answers, built once per session by `kb build` as a user runs
     it (under a lock, as `real_evidence`); `real_site.parent / "kb.sqlite3"` is the database it
     was built from. Read-only: three modules open it (export, browser, static search)."""
-    shared = session_folder(tmp_path_factory)
-    work = shared / "real-site"
-    with open(shared / "real-site.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (shared / "real-site.done").exists():
+    work = session_folder(tmp_path_factory) / "real-site"
+    with once_per_session(tmp_path_factory, "real-site") as first:
+        if first:
             shutil.rmtree(work, ignore_errors=True)  # what a failed build left
             work.mkdir()
             copy_database(real_evidence, work / "kb.sqlite3")  # with its WAL: the vectors are there
             built = run_cli("build", work / "site", "--answers", ROOT / "answers", "--db", work / "kb.sqlite3",
                             cwd=work, timeout=600)
             assert built.returncode == 0, built.stdout + built.stderr
-            (shared / "real-site.done").touch()
     return work / "site"
 
 

@@ -76,8 +76,7 @@ def test_build_never_replaces_what_it_did_not_write(tmp_path):
 
 
 def test_export_of_the_knowledge_base_has_every_answer_with_evidence(real_site):
-    out = real_site
     for source in (ROOT / "answers").glob("*.md"):
-        page = out / "answers" / f"{source.stem}.html"
+        page = real_site / "answers" / f"{source.stem}.html"
         html = page.read_text()
         assert 'class="badge passed"' in html and 'class="check passed"' in html, source.stem

@@ -20,7 +20,7 @@ from typing import Any, NotRequired, TypedDict
 
 import numpy
 
-from kb.format import code as syntax
+from kb.format import syntax
 from kb.format.answer import Answer, Snippet
 
 
