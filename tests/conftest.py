@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers import ROOT, copy_database, run_cli
+from hypothesis import settings
 from service_fixtures import write_small_answers
 
 from kb.format.answer import load_answers
@@ -36,6 +37,9 @@ def no_kb_settings(monkeypatch):
         monkeypatch.delenv(key)
     monkeypatch.setenv("KB_RUN_MISSING", "wait")
 
+
+# Property tests try Hypothesis' default 100 examples each; `pytest --hypothesis-profile=thorough` tries more.
+settings.register_profile("thorough", max_examples=2000)
 
 PROJECT_STORE = ROOT / ".kb" / "kb.sqlite3"   # `make run`'s, `kb check`'s and `kb audit`'s default database
 

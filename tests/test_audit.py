@@ -141,6 +141,25 @@ def test_lines_map_back_across_snippets(tmp_path):
                                "X = np.arange(12.0).reshape(3, 4)"), check["mutation"]
 
 
+def _statement_chunks(code):
+    """The snippet cut at line starts into runs of whole top-level statements (a statement's
+    decorators and the comments above it with it; statements sharing a line together), as
+    character offsets: each run parses alone, and the snippet parses if and only if each does."""
+    lines = code.split("\n")
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line) + 1)
+    runs: list[list[int]] = []  # [first line, last line], 1-based
+    for node in ast.parse(code).body:
+        first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+        if runs and first <= runs[-1][1]:
+            runs[-1][1] = max(runs[-1][1], node.end_lineno)
+        else:
+            runs.append([runs[-1][1] + 1 if runs else 1, node.end_lineno])
+    runs[-1][1] = len(lines)  # the comments and blank lines after the last statement
+    return [(starts[a - 1], starts[b] - 1) for a, b in runs]
+
+
 def _check_spans(code):
     tree = ast.parse(code)
     lines = code.split("\n")
@@ -162,13 +181,16 @@ def test_mutants_never_touch_a_check_and_never_move_a_line():
         codes = {s.index: s.code for s in answer.snippets}
         # The check calls of each mutated snippet as written, parsed once (not once per mutant).
         spans = {index: _check_spans(codes[index]) for index in {m.snippet for m in analysis.mutants}}
+        chunks = {index: _statement_chunks(codes[index]) for index in spans}
         for mutant in analysis.mutants:
             code = codes[mutant.snippet]
             for start, end in spans[mutant.snippet]:
                 assert mutant.end <= start or mutant.start >= end, (answer.slug, mutant)
-            changed = code[:mutant.start] + mutant.replacement + code[mutant.end:]
-            assert changed.count("\n") == code.count("\n"), (answer.slug, mutant)
-            ast.parse(changed)
+            assert mutant.replacement.count("\n") == code[mutant.start:mutant.end].count("\n"), (answer.slug, mutant)
+            # It parses: the lines of the statements it edits, edited, parse (the rest is unchanged).
+            first, last = next(c for c in chunks[mutant.snippet] if c[0] <= mutant.start < c[1])
+            assert mutant.end <= last, (answer.slug, mutant)
+            ast.parse(code[first:mutant.start] + mutant.replacement + code[mutant.end:last])
             seen += 1
         for site in analysis.sites:
             for mutant_id in site.candidates:

@@ -9,17 +9,26 @@ kernel process of its own, forked from a process that has imported ipykernel, Nu
 matplotlib once (tests/forked_kernels.py: most of a kernel's CPU was its start-up and those
 imports). Notebooks run `PARALLEL` at a time; the figures (how many, how long) go to
 test-artifacts/notebooks.json.
+
+A notebook is not run again when these exact bytes already ran without an error in this
+environment (the interpreter, the kernel's packages, the kernel spec, tests/forked_kernels.py):
+its executed copy, kept in .kb/notebook-runs/ by that hash, is checked instead, as `kb audit`
+reuses evidence keyed by content. A fresh clone (CI) runs them all; an edited answer runs again.
 """
 from __future__ import annotations
 
 import ast
 import asyncio
+import hashlib
 import json
+import os
+import platform
 import re
 import resource
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import nbformat
@@ -39,6 +48,10 @@ ARTIFACTS = ROOT / "test-artifacts"
 CLOCK = re.compile(r"\b(perf_counter|process_time|monotonic|timeit)\b|\btime\.time\(")
 # As the runner's fork server: one BLAS thread, a fixed hash seed.
 KERNEL_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+RAN = ROOT / ".kb" / "notebook-runs"   # executed notebooks by hash (`ran_before`)
+# What a kernel's outcome depends on besides the notebook's own bytes.
+KERNEL_PACKAGES = ("numpy", "matplotlib", "matplotlib-inline", "ipykernel", "ipython", "jupyter_client", "nbclient",
+                   "nbformat", "pyzmq", "tornado")
 
 
 @pytest.fixture(scope="module")
@@ -106,17 +119,56 @@ def executed(request, real_client, kernel_env, tmp_path_factory):
     notebooks = {slug: served_notebook(real_client, slug) for slug in dict.fromkeys(slugs)}
     for notebook in notebooks.values():
         notebook.cells.append(nbformat.v4.new_code_cell(REPORT))
-    started, cpu = time.perf_counter(), _children_cpu()
-    with fork_server(KERNEL_ENV):  # its kernels' CPU is counted once it is reaped, on exit
-        results = asyncio.run(_execute_all(notebooks, tmp_path_factory.mktemp("kernels")))
+    keys = {slug: run_key(notebook) for slug, notebook in notebooks.items()}
+    reused = {slug: (nb, 0.0) for slug in notebooks if (nb := ran_before(slug, keys[slug])) is not None}
+    started, cpu, results = time.perf_counter(), _children_cpu(), {}
+    if to_run := {slug: notebook for slug, notebook in notebooks.items() if slug not in reused}:
+        with fork_server(KERNEL_ENV):  # its kernels' CPU is counted once it is reaped, on exit
+            results = asyncio.run(_execute_all(to_run, tmp_path_factory.mktemp("kernels")))
     wall, cpu = time.perf_counter() - started, _children_cpu() - cpu
+    for slug, (notebook, _) in results.items():
+        keep(slug, keys[slug], notebook)
+    results.update(reused)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "notebooks.json").write_text(json.dumps({
-        "notebooks": len(results), "parallel": PARALLEL, "wall_s": round(wall, 2),
+        "notebooks": len(results), "reused": len(reused), "parallel": PARALLEL, "wall_s": round(wall, 2),
         "kernels_cpu_s": round(cpu, 2),  # user + system time of the fork server and its kernels
         "per_notebook_s": {slug: round(seconds, 2) for slug, (_, seconds) in sorted(results.items())},
     }, indent=1))
     return results
+
+
+def run_key(notebook) -> str:
+    """Hash of what decides how a notebook runs: its code cells (the report cell appended; saved
+    outputs are cleared as a cell runs), the interpreter, the kernel's packages, the kernel spec's
+    environment, and the forked kernels' code."""
+    material = {"cells": [c.source for c in notebook.cells if c.cell_type == "code"],
+                "python": sys.version, "machine": platform.machine(), "env": KERNEL_ENV, "timeout": CELL_TIMEOUT,
+                "packages": {name: version(name) for name in KERNEL_PACKAGES},
+                "kernels": (Path(__file__).parent / "forked_kernels.py").read_text()}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def ran_before(slug: str, key: str):
+    """The executed copy of a notebook that ran cleanly with this key, or None."""
+    try:
+        return nbformat.read(RAN / slug / f"{key}.ipynb", as_version=nbformat.NO_CONVERT)
+    except (OSError, ValueError):  # never ran, or a copy cut short: run it
+        return None
+
+
+def keep(slug: str, key: str, notebook) -> None:
+    """Keep a notebook that ran without an error (one that failed runs again next time), in place
+    of its answer's older runs; written whole, then renamed."""
+    if any(o["output_type"] == "error" for cell in notebook.cells for o in cell.get("outputs", [])):
+        return
+    folder = RAN / slug
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.ipynb"):
+        old.unlink(missing_ok=True)
+    partial = folder / f".{key}.{os.getpid()}.tmp"
+    nbformat.write(notebook, partial)
+    partial.replace(folder / f"{key}.ipynb")
 
 
 def _children_cpu() -> float:

@@ -13,6 +13,7 @@ The pipeline, and why each step is there:
 """
 from __future__ import annotations
 
+import functools
 import html
 import re
 import secrets
@@ -106,6 +107,7 @@ def render_markdown(text: str) -> str:
 _BLOCK_START = re.compile(r"#{1,6}(?=\s|$)|>|[*+-](?=\s|$)|(?:[*_-][ \t]*){3,}$|\[[^\]]*\]:|[`~]{3}")
 
 
+@functools.lru_cache(maxsize=8192)  # a page repeats its claims; every page renders the titles it links
 def render_inline(text: str) -> str:
     """Render one line (a title, a check's claim) with its math and emphasis, without a <p>.
 
@@ -122,6 +124,7 @@ def render_inline(text: str) -> str:
     return inner
 
 
+@functools.lru_cache(maxsize=2048)  # the page and the API highlight the same snippets (~5 ms each)
 def highlight_python(code: str) -> str:
     """Pygments HTML for a snippet, with the same classes as the fences Markdown highlights."""
     highlighted: str = highlight(code, PythonLexer(), HtmlFormatter(cssclass="highlight", wrapcode=True))  # Pygments is untyped

@@ -151,15 +151,18 @@ def shared_embedder(model_file: str | os.PathLike[str] | None = None,
 
 
 class EmbeddingCache:
-    """Vectors in the SQLite store, keyed on sha256(model hash, text)."""
+    """Vectors in the SQLite store, keyed on sha256(model hash, text): texts read up to
+    `max_tokens` (an answer's; `QUERY_TOKENS` for questions, keyed apart)."""
 
-    def __init__(self, db_path: str | os.PathLike[str], embedder: Embedder) -> None:
+    def __init__(self, db_path: str | os.PathLike[str], embedder: Embedder, max_tokens: int = DOCUMENT_TOKENS) -> None:
         self.database = Database(db_path)
         self.embedder = embedder
+        self.max_tokens = max_tokens
         with self.database.write() as db:
             db.execute(CACHE_SQL)
 
-    key = staticmethod(cache_key)
+    def key(self, text: str) -> str:
+        return cache_key(text if self.max_tokens == DOCUMENT_TOKENS else f"{self.max_tokens} tokens\0{text}")
 
     def vectors(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """The texts' vectors: read from the store, the missing ones embedded and stored."""
@@ -188,7 +191,7 @@ class EmbeddingCache:
                 text_of = dict(zip(keys, texts, strict=True))
                 for start in range(0, len(missing), STORE_BATCH):
                     part = missing[start:start + STORE_BATCH]
-                    fresh = self.embedder.embed([text_of[k] for k in part])
+                    fresh = self.embedder.embed([text_of[k] for k in part], self.max_tokens)
                     rows = [(k, v.astype(np.float32).tobytes()) for k, v in zip(part, fresh, strict=True)]
                     with self.database.write() as wdb:
                         wdb.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?)", rows)

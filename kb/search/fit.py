@@ -41,7 +41,7 @@ import numpy.typing as npt
 from kb.format.answer import Answer, load_answers
 
 from . import evaluation as ev
-from .embeddings import shared_embedder
+from .embeddings import QUERY_TOKENS, EmbeddingCache, shared_embedder
 from .index import SearchIndex
 from .lookup import (
     CONFIDENCE_FEATURES,
@@ -51,12 +51,14 @@ from .lookup import (
     Weights,
     close_texts,
     confidence_row,
+    normalised,
     probability,
     ranking,
     verdict,
 )
 
 CACHE = ev.ROOT / ".kb" / "bench-lookup.sqlite3"   # embeddings kept between runs (derived)
+QUESTIONS = ev.ROOT / ".kb" / "eval-questions.sqlite3"  # the eval questions' embeddings, kept between runs (derived)
 L2 = 1e-2
 FOLDS = 5
 OUT_OF_SCOPE_WEIGHT = 10.0   # few out-of-scope questions, and telling them apart is what confidence is for
@@ -94,11 +96,20 @@ def folds_of(entries: Sequence[tuple[str, str | None]], folds: int = FOLDS) -> n
     return np.array([int(hashlib.sha256(k.encode("utf-8")).hexdigest()[:8], 16) % folds for k in keys], np.int64)
 
 
+def question_vectors(entries: Sequence[tuple[str, str | None]],
+                     db_path: str | os.PathLike[str] = QUESTIONS) -> npt.NDArray[np.float32]:
+    """Each question's embedding as a lookup makes it (`Lookup.question`), kept in `db_path`: the
+    eval's ~1,000 questions cost ~20 s of model time, once."""
+    cache = EmbeddingCache(db_path, shared_embedder(), QUERY_TOKENS)
+    return cache.vectors([normalised(question) for question, _ in entries])
+
+
 def cross_fitted(entries: Sequence[tuple[str, str | None]], folds: int = FOLDS,
                  db_path: str | os.PathLike[str] = CACHE) -> Scored:
     """(slugs considered, feature matrix, close texts) per question, each computed by a lookup built without
     the aliases cut from the questions of its fold (`folds_of`)."""
     answers = list(load_answers([ev.ANSWERS])[0].values())
+    vectors = question_vectors(entries)
     out: list[Any] = [None] * len(entries)
     fold_of = folds_of(entries, folds)
     for fold in range(folds):
@@ -107,7 +118,7 @@ def cross_fitted(entries: Sequence[tuple[str, str | None]], folds: int = FOLDS,
         lookup = build(db_path, [dataclasses.replace(a, aliases=tuple(x for x in a.aliases if not ev.copied_from(x, questions)))
                                  for a in answers], UNFITTED)
         for i in mine:
-            chosen, matrix, (_, offsets, similarity) = lookup.features(entries[i][0])
+            chosen, matrix, (_, offsets, similarity) = lookup.features(entries[i][0], question=vectors[i])
             out[i] = (lookup.slugs(chosen), matrix, close_texts(offsets, similarity))
     return out
 
@@ -282,8 +293,8 @@ def plain(entries: Sequence[tuple[str, str | None]], db_path: str | os.PathLike[
     lookup = build(db_path, [dataclasses.replace(a, aliases=tuple(x for x in a.aliases if x not in copies))
                              for a in answers], UNFITTED)
     out: Scored = []
-    for question, _ in entries:
-        chosen, matrix, (_, offsets, similarity) = lookup.features(question)
+    for (question, _), vector in zip(entries, question_vectors(entries), strict=True):
+        chosen, matrix, (_, offsets, similarity) = lookup.features(question, question=vector)
         out.append((lookup.slugs(chosen), matrix, close_texts(offsets, similarity)))
     return out
 

@@ -421,7 +421,7 @@ class Lookup:
 
     def question(self, text: str) -> npt.NDArray[np.float32]:
         """The question's embedding, from a bounded LRU cache keyed on its normalised text."""
-        key = " ".join(text.split()).lower()  # the model's tokenizer lowercases and splits on spaces
+        key = normalised(text)
         with self._queries_lock:
             vector = self._queries.get(key)
             if vector is not None:
@@ -439,10 +439,11 @@ class Lookup:
         entries = (state or self.state).entries
         return [entries[int(i)].slug for i in chosen]
 
-    def features(self, query: str, state: _State | None = None
+    def features(self, query: str, state: _State | None = None, question: npt.NDArray[np.float32] | None = None
                  ) -> tuple[np.ndarray, npt.NDArray[np.float64], tuple[np.ndarray, np.ndarray, npt.NDArray[np.float32]]]:
         """The answers considered (indices into entries, ascending), their feature matrix
         [answers x FEATURES], and for the search: their texts' rows, offsets and similarities.
+        `question`: the query's embedding when the caller has it (the evaluation keeps its own).
 
         Beyond `SHORTLIST` answers, only the `SHORTLIST` whose texts' mean direction is nearest
         the question, and the lexical stage's candidates, are compared text by text.
@@ -450,7 +451,7 @@ class Lookup:
         state = state or self.state
         n = len(state.entries)
         pending = self._lexical.submit(self.index.candidates, query, LEXICAL_CANDIDATES)
-        question = self.question(query)
+        question = self.question(query) if question is None else question
         hits = pending.result()
         found = {state.position[slug]: score for slug, score in hits if slug in state.position}
         if n <= SHORTLIST:
@@ -557,6 +558,11 @@ def default_weights() -> Weights:
 
 
 _DEFAULT: Weights | None = None
+
+
+def normalised(question: str) -> str:
+    """A question as it is embedded and cached: the model's tokenizer lowercases and splits on spaces."""
+    return " ".join(question.split()).lower()
 
 
 def close_texts(offsets: npt.NDArray[np.integer], similarity: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
