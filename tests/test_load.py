@@ -2,7 +2,7 @@
 
 A real server as docs/service.md runs it in production (gunicorn, 2 gthread workers of 8 threads) over
 a temporary copy of a few small answers with cached evidence. Reader threads fetch answer pages,
-their JSON and search results, first alone (unloaded), then for KB_SOAK_SECONDS (default 5;
+their JSON and search results, first alone (unloaded), then for KB_SOAK_SECONDS (default 3;
 `make soak` sets 60) while flood threads POST /api/answers/<slug>/run back to back. Asserted:
 every read is a 200, every run is a 200 with evidence or a 429 problem with Retry-After, and no
 process is left over, neither between runs nor after gunicorn stops. The read p99, unloaded and
@@ -26,7 +26,7 @@ from service_fixtures import write_small_answers
 from kb.library import Library
 from kb.run.server import SPARES
 
-SOAK_SECONDS = float(os.environ.get("KB_SOAK_SECONDS", "5"))
+SOAK_SECONDS = float(os.environ.get("KB_SOAK_SECONDS", "3"))
 UNLOADED_SECONDS = min(max(SOAK_SECONDS / 2, 2.0), 10.0)
 READERS = 4
 FLOODERS = 8  # 2 workers x KB_MAX_RUNS 2 = 4 runs at once; the rest get 429
