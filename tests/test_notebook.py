@@ -10,7 +10,7 @@ matplotlib once (tests/forked_kernels.py: most of a kernel's CPU was its start-u
 imports). Notebooks run `PARALLEL` at a time; the figures (how many, how long) go to
 test-artifacts/notebooks.json.
 
-A notebook is not run again when these exact bytes already ran without an error in this
+A notebook is not run again when its code cells already ran without an error in this
 environment (the interpreter, the kernel's packages, the kernel spec, tests/forked_kernels.py):
 its executed copy, kept in .kb/notebook-runs/ by that hash, is checked instead, as `kb audit`
 reuses evidence keyed by content. A fresh clone (CI) runs them all; an edited answer runs again.
