@@ -10,7 +10,7 @@ import re
 import shutil
 
 import pytest
-from helpers import ROOT, answer_text, run_cli
+from helpers import ROOT, answer_text, copy_database, run_cli
 
 from kb.format.answer import load_answers, parse_answer
 from kb.mutants import analyse, mutate
@@ -232,14 +232,18 @@ def _perturb(code: str, line: int) -> str | None:
 
 
 @pytest.mark.parametrize("slug", ["gradient-clipping", "inverted-dropout"])
-def test_the_audit_is_honest_outside_breakages_make_killed_checks_fail(tmp_path, slug):
+def test_the_audit_is_honest_outside_breakages_make_killed_checks_fail(tmp_path, slug, real_evidence):
     """For each killed check: replay the kill from outside (edit the .md text as a person would,
     parse and run it as `kb check` does) and it fails; and shift the value computed where the
-    kill was (x → x + 0.1, none of the audit's operators): most killed checks fail under that too."""
+    kill was (x → x + 0.1, none of the audit's operators): most killed checks fail under that too.
+
+    The audit's claims are the ones `make test`'s `kb audit` stored, where the session's database
+    has them (an audit is keyed by the answer's code and `AUDIT_VERSION`); else it audits here."""
     from kb.run.runner import Runner
 
     folder = tmp_path / "answers"
     shutil.copytree(ROOT / "answers", folder)  # its `related` answers must be there
+    copy_database(real_evidence, tmp_path / "kb.sqlite3")
     path = folder / f"{slug}.md"
     proc, data = audit(tmp_path, path)
     assert data is not None, proc.stderr
