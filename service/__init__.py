@@ -19,7 +19,7 @@ from kb.run.runner import clean_up_on_sigterm
 from kb.settings import Settings
 from kb.store.gaps import Gaps
 
-from . import guard, headers, metrics
+from . import assets, guard, headers, metrics
 from .api import api
 from .context import KbState
 from .logs import JsonFormatter
@@ -79,6 +79,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(api)
     register_error_handlers(app)
     guard.init_app(app)
+    assets.init_app(app)
     headers.init_app(app)
     clean_up_on_sigterm()  # `make run`: a SIGTERM stops the fork server and removes its files
 

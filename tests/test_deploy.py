@@ -28,6 +28,7 @@ from helpers import ROOT, SlowClients, descendants, run_cli, settle
 from service_fixtures import write_small_answers
 
 from service import create_app
+from service.assets import IMMUTABLE
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -177,6 +178,10 @@ def test_etags_csp_and_problems_survive_the_proxy(deployed):
         assert "camera=()" in headers["Permissions-Policy"]
         status, _, body = deployed.request("GET", path, headers={"If-None-Match": headers["ETag"]})
         assert status == 304 and body == b"", path
+    # nginx serves /static/ itself, with the service's caching: kept for good when linked by content.
+    for path, cache in (("/static/style.css", "no-cache"), ("/static/style.css?v=0123456789ab", IMMUTABLE)):
+        status, headers, _ = deployed.request("GET", path)
+        assert status == 200 and headers["Cache-Control"] == cache, (path, headers["Cache-Control"])
     for path, code in (("/api/answers/no-such-answer", 404), ("/api/search?q=x&limit=%C2%B2", 400)):
         status, headers, body = deployed.request("GET", path)
         for _ in range(20):  # the module's earlier searches may have spent this address's budget (5/s)

@@ -1,4 +1,5 @@
 """The HTML pages through Flask's test client: content, evidence, run again, reloads, safety."""
+import hashlib
 import re
 from html.parser import HTMLParser
 
@@ -58,6 +59,26 @@ def test_run_again_is_a_plain_form_post_that_comes_back_with_fresh_evidence(smal
     page = client.get(location.split("#")[0]).get_data(as_text=True)
     assert re.search(r'<p class="announce" role="status">re-ran in \d+\.\d s: 1 of 1 check still holds', page)
     assert library.stamp(library.answers["averaging"]) > before, "the run stored fresh evidence"
+
+
+def test_static_files_are_linked_by_content_and_kept_for_good(reader):
+    """Pages link the stylesheets, scripts and icon with ?v=<hash of the file>: such a link is kept
+    for a year (a page view then asks for none of them again); the bare path is revalidated."""
+    from service.assets import IMMUTABLE
+
+    page = reader.get("/").get_data(as_text=True)
+    links = re.findall(r'(?:href|src)="(/(?:static/[\w./-]+|pygments\.css)\?v=[0-9a-f]{12})"', page)
+    assert {link.split("?")[0] for link in links} == {"/static/favicon.svg", "/static/style.css", "/pygments.css",
+                                                       "/static/page.js"}
+    for link in links:  # each response closed: a static file's holds the file open
+        path, version = link.split("?v=")
+        with reader.get(link) as kept:
+            assert kept.status_code == 200 and kept.headers["Cache-Control"] == IMMUTABLE, link
+            assert hashlib.sha256(kept.data).hexdigest()[:12] == version, "named by its content"
+        with reader.get(link, headers={"If-None-Match": kept.headers["ETag"]}) as again:
+            assert again.status_code == 304 and again.headers["Cache-Control"] == IMMUTABLE, link
+        with reader.get(path) as bare:
+            assert "immutable" not in bare.headers.get("Cache-Control", ""), link
 
 
 def test_search_and_tag_pages(reader):
@@ -140,8 +161,9 @@ def test_raw_html_and_script_in_answers_are_neutralised(tmp_path):
         tags = Tags()
         tags.feed(html)
         assert not {"iframe", "b"} & {name for name, _ in tags.seen}, path
-        assert [dict(attrs) for name, attrs in tags.seen if name == "script"] == [
-            {"src": "/static/page.js", "defer": None}], "only the site's own script"
+        scripts = [dict(attrs) for name, attrs in tags.seen if name == "script"]
+        assert len(scripts) == 1 and scripts[0].keys() == {"src", "defer"}, "only the site's own script"
+        assert re.fullmatch(r"/static/page\.js\?v=[0-9a-f]{12}", scripts[0]["src"]) and scripts[0]["defer"] is None
         for name, attrs in tags.seen:
             assert not any(key.startswith("on") for key, _ in attrs), (name, attrs)
             assert not any((value or "").lower().startswith("javascript:") for _, value in attrs), (name, attrs)
