@@ -43,6 +43,6 @@ def _digest(path: str) -> str:
         return hashlib.sha256(file.read()).hexdigest()[:12]
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)  # of a text made once (`pygments_css` is cached too)
 def _css_digest() -> str:
     return hashlib.sha256(pygments_css().encode()).hexdigest()[:12]

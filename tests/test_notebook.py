@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -140,13 +141,17 @@ def executed(request, real_client, kernel_env, tmp_path_factory):
 
 def run_key(notebook) -> str:
     """Hash of what decides how a notebook runs: its code cells (the report cell appended; saved
-    outputs are cleared as a cell runs), the interpreter, the kernel's packages, the kernel spec's
-    environment, and the forked kernels' code."""
-    material = {"cells": [c.source for c in notebook.cells if c.cell_type == "code"],
-                "python": sys.version, "machine": platform.machine(), "env": KERNEL_ENV, "timeout": CELL_TIMEOUT,
-                "packages": {name: version(name) for name in KERNEL_PACKAGES},
-                "kernels": (Path(__file__).parent / "forked_kernels.py").read_text()}
+    outputs are cleared as a cell runs) and the kernels' environment (`kernel_environment`)."""
+    material = {"cells": [c.source for c in notebook.cells if c.cell_type == "code"], "kernels": kernel_environment()}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+@functools.cache  # the same for every notebook of the session
+def kernel_environment() -> dict:
+    """The interpreter, the kernel's packages, the kernel spec's environment and the forked kernels' code."""
+    return {"python": sys.version, "machine": platform.machine(), "env": KERNEL_ENV, "timeout": CELL_TIMEOUT,
+            "packages": {name: version(name) for name in KERNEL_PACKAGES},
+            "code": (Path(__file__).parent / "forked_kernels.py").read_text()}
 
 
 def ran_before(slug: str, key: str):

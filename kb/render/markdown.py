@@ -131,6 +131,7 @@ def highlight_python(code: str) -> str:
     return highlighted
 
 
+@functools.lru_cache(maxsize=1)  # the same text for every request and for its version (service/assets.py)
 def pygments_css() -> str:
     """CSS for `.highlight`: a light theme, and a dark one for `prefers-color-scheme: dark`.
 
