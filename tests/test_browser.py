@@ -129,6 +129,8 @@ def test_static_export_works_opened_from_disk(browser, real_site):
     image = page.locator("figure img").first
     image.scroll_into_view_if_needed()
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    page.evaluate("document.fonts.ready")  # the math font, linked with ?v= from the stylesheet, loads from disk
+    assert page.evaluate("""() => [...document.fonts].some(f => f.family.includes('Noto Sans Math') && f.status === 'loaded')""")
     assert page.locator("form.run").count() == 0
     page.close()
     assert problems == []

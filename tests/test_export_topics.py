@@ -24,4 +24,4 @@ def test_export_writes_topic_pages_linked_from_the_grouped_index(tmp_path):
     answer = (site / "answers/shallow.html").read_text()
     assert 'href="../topics/shallow-networks.html"' in answer
     assert (site / "static/fonts/NotoSansMath-Regular.woff2").stat().st_size > 100_000
-    assert "url(fonts/NotoSansMath-Regular.woff2)" in (site / "static/style.css").read_text()
+    assert re.search(r"url\(fonts/NotoSansMath-Regular\.woff2\?v=[0-9a-f]{12}\)", (site / "static/style.css").read_text())

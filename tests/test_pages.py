@@ -62,14 +62,19 @@ def test_run_again_is_a_plain_form_post_that_comes_back_with_fresh_evidence(smal
 
 
 def test_static_files_are_linked_by_content_and_kept_for_good(reader):
-    """Pages link the stylesheets, scripts and icon with ?v=<hash of the file>: such a link is kept
-    for a year (a page view then asks for none of them again); the bare path is revalidated."""
+    """Pages link the stylesheets, scripts and icon with ?v=<hash of the file>, and the stylesheet
+    its math font: such a link is kept for a year (a page view then asks for none of them again);
+    the bare path is revalidated."""
     from service.assets import IMMUTABLE
 
     page = reader.get("/").get_data(as_text=True)
     links = re.findall(r'(?:href|src)="(/(?:static/[\w./-]+|pygments\.css)\?v=[0-9a-f]{12})"', page)
     assert {link.split("?")[0] for link in links} == {"/static/favicon.svg", "/static/style.css", "/pygments.css",
                                                        "/static/page.js"}
+    with reader.get("/static/style.css") as style:  # and the stylesheet its font, whose link it carries itself
+        fonts = re.findall(r"url\(([\w./-]+\?v=[0-9a-f]{12})\)", style.get_data(as_text=True))
+    assert fonts == ["fonts/NotoSansMath-Regular.woff2?v=" + fonts[0][-12:]]
+    links += ["/static/" + font for font in fonts]
     for link in links:  # each response closed: a static file's holds the file open
         path, version = link.split("?v=")
         with reader.get(link) as kept:
