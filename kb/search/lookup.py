@@ -6,9 +6,10 @@ questions and tags) finds answers that share the question's words; the semantic 
 section of its body, so a question worded without the answer's vocabulary still finds it.
 
 Each answer gets a few features (best similarity to one of its questions, to its summary, to one
-of its sections, how far it is behind the best answer, and its BM25 score relative to the best
-BM25 score of the query, and how strong that is); a logistic model over them ranks, and a second
-one, over the rank score and the best similarity, gives the score: a calibrated probability, in
+of its sections, how far it is behind the best answer, its BM25 score relative to the best
+BM25 score of the query, how strong that is, and the log-probability a softmax regression
+trained on all the answers' texts gives it, `kb.search.classifier`); a logistic model over them
+ranks, and a second one, over the rank score and the best similarity, gives the score: a calibrated probability, in
 [0, 1], that the answer is the one asked for; a third, over the top scores and margins, says
 whether the first result is confidently the one asked for. The weights (`weights.json`) were fitted
 on the dev split of `tests/lookup_eval/` with `python -m kb.search.fit` (never on the test split);
@@ -43,6 +44,7 @@ from markdown.extensions.toc import slugify, unique
 from kb.format.answer import Answer, Remembered, split_lines
 from kb.format.blocks import Fence, Prose, blocks
 
+from .classifier import Classifier, train_classifier, uniform
 from .embeddings import DIMENSION, Embedder, EmbeddingCache
 from .index import SearchIndex, fields_digest
 from .mapped import VectorFiles
@@ -109,8 +111,8 @@ class Weights:
                            "dev_hash": self.dev_hash, "fitted": self.fitted}, indent=1) + "\n"
 
 
-WEIGHTS_VERSION = 3   # 3: the confidence rule's section_margin, similarity_margin, close_margin
-FEATURES = ("question", "summary", "section", "behind", "bm25", "bm25_strength")
+WEIGHTS_VERSION = 4   # 3: the confidence rule's section_margin, similarity_margin, close_margin; 4: classifier
+FEATURES = ("question", "summary", "section", "behind", "bm25", "bm25_strength", "classifier")
 CONFIDENCE_FEATURES = ("score", "margin", "similarity", "logit_margin", "section_margin", "similarity_margin",
                        "close_margin")
 CLOSE = 0.5                # a text "close" to the question: cosine similarity at least this (close_margin)
@@ -228,6 +230,7 @@ class _State:
     position: dict[str, int]           # slug -> index into entries
     centroids: npt.NDArray[np.float32]  # [answers x 384]: each answer's texts' mean direction, for the shortlist
     generation: int = 0                # which publication this is (a key of cached responses)
+    classifier: Classifier | None = None   # trained on this state's vectors (`kb.search.classifier`)
     start: npt.NDArray[np.intp] = field(init=False)         # each answer's first text
     end: npt.NDArray[np.intp] = field(init=False)           # and the end of its texts
 
@@ -354,6 +357,7 @@ class Lookup:
         self._units = prepared
         state = _State.of([unit for _, unit in prepared.values()], matrix)
         state.generation = self.state.generation + 1
+        state.classifier = train_classifier(plain, state.owner, len(state.entries))
         self.state = state
         self.status.ready = True
         self.status.embedded += embedded
@@ -468,11 +472,13 @@ class Lookup:
         best[2] = np.where(best[2] < -1.5, best[1], best[2])      # an answer without a body
         overall = best.max(axis=0)
         lexical, strength = np.zeros(len(chosen)), np.zeros(len(chosen))
+        learnt = (state.classifier.log_probabilities(question)[chosen] if state.classifier is not None
+                  else np.full(len(chosen), uniform(n)))
         for i, answer in enumerate(map(int, chosen)):
             if answer in found:
                 lexical[i] = found[answer] / hits[0][1]          # relative to the query's best
                 strength[i] = math.log1p(max(found[answer], 0.0))
-        matrix = np.stack([best[0], best[1], best[2], overall.max() - overall, lexical, strength], axis=1)
+        matrix = np.stack([best[0], best[1], best[2], overall.max() - overall, lexical, strength, learnt], axis=1)
         return chosen, matrix, (rows, offsets, similarity)
 
     def lookup(self, query: object, limit: int = 5) -> dict[str, Any]:
