@@ -22,7 +22,7 @@ from .serving import free_port
 
 CASES = {
     "confident": "my cost becomes nan",
-    "two-fit": "gradients vanish with sigmoid in a 10 layer network",
+    "two-fit": "relu or tanh for hidden layers",
     "no-answer": "how do I get a certificate for the course",
 }
 OUT = ROOT / "docs" / "screenshots"

@@ -64,7 +64,8 @@ FOLDS = 5
 OUT_OF_SCOPE_WEIGHT = 10.0   # few out-of-scope questions, and telling them apart is what confidence is for
 TARGET_PRECISION = 0.92      # on dev (held-out folds); at 0.95, a third of dev questions were confident with the
                              # first four CONFIDENCE_FEATURES, about 60% with the three margins (weights v3)
-TARGET_TWO_PRECISION = 0.90
+TARGET_TWO_PRECISION = 0.85  # right answer among the two; 0.90 until weights v4, when the classifier made the
+                             # easy pairs confident and no rule on dev reached 0.90 (0.85: 34 of 40 flagged)
 MAX_OUT_OF_SCOPE_TWO = 0.10
 MAX_TWO_GAP = 0.5            # "close together": the second's score within this of the first's
 SHOWN_FLOOR = 0.02           # "near zero": never shown to a learner
