@@ -9,9 +9,9 @@ Each answer gets a few features (best similarity to one of its questions, to its
 of its sections, how far it is behind the best answer, its BM25 score relative to the best
 BM25 score of the query, how strong that is, and the log-probability a softmax regression
 trained on all the answers' texts gives it, `kb.search.classifier`); a logistic model over them
-ranks, and a second one, over the rank score and the best similarity, gives the score: a calibrated probability, in
-[0, 1], that the answer is the one asked for; a third, over the top scores and margins, says
-whether the first result is confidently the one asked for. The weights (`weights.json`) were fitted
+ranks, and a second one, over the rank score and the best similarity, gives the score: a
+calibrated probability, in [0, 1], that the answer is the one asked for; a third, over the top
+scores and margins, says whether the first result is confidently the one asked for. The weights (`weights.json`) were fitted
 on the dev split of `tests/lookup_eval/` with `python -m kb.search.fit` (never on the test split);
 see docs/search.md.
 
