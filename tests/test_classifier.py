@@ -1,11 +1,11 @@
 """The lookup's classifier of answers' texts (`kb.search.classifier`): it learns which directions
 tell the answers apart, a nearest single text does not decide, and it stays out where it cannot
-help (too few answers) or would cost too much (too many)."""
+help (too few answers) or would hold up an edit too long (texts x answers over a budget)."""
 from __future__ import annotations
 
 import numpy as np
 
-from kb.search.classifier import FLOOR, MAX_ANSWERS, MIN_ANSWERS, train_classifier, uniform
+from kb.search.classifier import FLOOR, MAX_WORK, MIN_ANSWERS, train_classifier, uniform
 from kb.search.embeddings import DIMENSION
 
 
@@ -45,9 +45,11 @@ def test_one_lucky_text_of_a_neighbour_does_not_outweigh_an_answers_direction():
     assert model is not None and int(np.argmax(model.log_probabilities(question))) == 0
 
 
-def test_no_classifier_for_a_handful_of_answers_or_for_very_many():
+def test_no_classifier_for_a_handful_of_answers_or_over_the_work_budget():
     rng = np.random.default_rng(0)
-    for answers in (1, MIN_ANSWERS - 1, MAX_ANSWERS + 1):
-        _, owner, vectors = clusters(rng, answers, 2, spread=1.0)
+    for answers, texts in ((1, 2), (MIN_ANSWERS - 1, 2), (200, MAX_WORK // 200 // 200 + 1)):
+        _, owner, vectors = clusters(rng, answers, texts, spread=1.0)
         assert train_classifier(vectors, owner, answers) is None
+    _, owner, vectors = clusters(rng, 200, MAX_WORK // 200 // 200, spread=1.0)
+    assert train_classifier(vectors, owner, 200) is not None     # at the budget: trained
     assert uniform(4) == -np.log(4) and uniform(10**12) == FLOOR
