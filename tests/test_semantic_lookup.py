@@ -2,6 +2,7 @@
 the embedding cache, `kb gaps` and the pinned model files. Speed is measured in `make bench`."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -252,3 +253,19 @@ def test_an_altered_model_file_stops_start_up(tmp_path, answers_dir):
                              "--db", str(tmp_path / "kb.sqlite3")], cwd=ROOT, capture_output=True, text=True,
                             env={**os.environ, "KB_MODEL_FILE": str(bad), "KB_RUN_MISSING": "false"})
     assert result.returncode == 0 and "wrote" in result.stdout, result.stderr
+
+
+def test_the_classifier_is_trained_once_per_set_of_texts(real_lookup):
+    """A rebuild whose searched texts are unchanged (a touched file) keeps the classifier; an
+    edit trains a new one, and searching by meaning goes on."""
+    lookup, answers = real_lookup
+    trained = lookup.state.classifier
+    assert trained is not None
+    lookup.rebuild(answers.values())
+    assert lookup.state.classifier is trained
+    edited = [dataclasses.replace(a, aliases=(*a.aliases, "why do we average dW over the examples"))
+              if a.slug == "gradient-averaging" else a for a in answers.values()]
+    lookup.rebuild(edited)
+    assert lookup.state.classifier is not None and lookup.state.classifier is not trained
+    assert lookup.lookup("why is dW averaged over the m examples", 3)["results"][0]["slug"] == "gradient-averaging"
+    lookup.rebuild(answers.values())

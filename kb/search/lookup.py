@@ -231,6 +231,7 @@ class _State:
     centroids: npt.NDArray[np.float32]  # [answers x 384]: each answer's texts' mean direction, for the shortlist
     generation: int = 0                # which publication this is (a key of cached responses)
     classifier: Classifier | None = None   # trained on this state's vectors (`kb.search.classifier`)
+    key: str = ""                      # the name of its vectors' file: equal keys, equal texts
     start: npt.NDArray[np.intp] = field(init=False)         # each answer's first text
     end: npt.NDArray[np.intp] = field(init=False)           # and the end of its texts
 
@@ -356,8 +357,10 @@ class Lookup:
             offset += len(unit.texts)
         self._units = prepared
         state = _State.of([unit for _, unit in prepared.values()], matrix)
-        state.generation = self.state.generation + 1
-        state.classifier = train_classifier(plain, state.owner, len(state.entries))
+        state.generation, state.key = self.state.generation + 1, name
+        # A change that leaves every searched text as it was (a touched file, a draft) trains nothing.
+        state.classifier = (self.state.classifier if self.state.key == name else
+                            train_classifier(plain, state.owner, len(state.entries)))
         self.state = state
         self.status.ready = True
         self.status.embedded += embedded
