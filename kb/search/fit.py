@@ -62,8 +62,11 @@ QUESTIONS = ev.ROOT / ".kb" / "eval-questions.sqlite3"  # the eval questions' em
 L2 = 1e-2
 FOLDS = 5
 OUT_OF_SCOPE_WEIGHT = 10.0   # few out-of-scope questions, and telling them apart is what confidence is for
-TARGET_PRECISION = 0.92      # on dev (held-out folds); at 0.95, a third of dev questions were confident with the
-                             # first four CONFIDENCE_FEATURES, about 60% with the three margins (weights v3)
+TARGET_PRECISION = 0.94      # on dev (held-out folds). The issue asks for 95% precision with 75% of questions
+                             # confident; on dev both cannot hold, and 0.94 comes nearest both (refit of
+                             # 2026-12-08, 740 dev questions: 0.92 -> 92.1% precision, 85.7% coverage; 0.93 ->
+                             # 92.9, 81.8; 0.94 -> 94.2, 76.8; 0.95 -> 95.4, 70.7). 0.92 while 0.95 left a
+                             # third of dev questions confident (weights v3)
 TARGET_TWO_PRECISION = 0.85  # right answer among the two; 0.90 until weights v4, when the classifier made the
                              # easy pairs confident and no rule on dev reached 0.90 (0.85: 34 of 40 flagged)
 MAX_OUT_OF_SCOPE_TWO = 0.10
