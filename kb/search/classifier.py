@@ -8,12 +8,13 @@ the dev split, cross-fitted, it moved top-1 from 80.0% to 82.7% and coverage fro
 (`python -m kb.search.fit`, 659 dev questions, the same aliases).
 
 It is trained with each published state, on the state's vectors alone (no evaluation data ships):
-about 0.35 s at 77 answers with 26 texts each on one core. Below `MIN_ANSWERS` it is not trained (a handful of
-answers' texts teach it nothing that transfers: it would be sure of anything, even a word none of
-them holds), nor when texts times answers exceed `MAX_WORK` (the cost grows with both, and an
-edit waits for it: 0.2 s at 77 answers, 0.7 s at 150, 1.1 s at 200, 2.6 s at 300 with 18 texts
-each on this project's 2 cores; the budget keeps an edit's retraining near 1 s, so about 180
-answers at 18 texts each, 150 at 26); every answer then gets the uniform log(1/n), and the other features rank alone.
+about 0.35 s at 77 answers with 26 texts each, on one core. Below `MIN_ANSWERS` it is not trained
+(a handful of answers' texts teach it nothing that transfers: it would be sure of anything, even a
+word none of them holds), nor when texts times answers exceed `MAX_WORK` (the cost grows with both,
+and an edit waits for it: 0.2 s at 77 answers, 0.7 s at 150, 1.1 s at 200, 2.6 s at 300 with 18
+texts each on this project's 2 cores; the budget keeps an edit's retraining near 1 s, so about 180
+answers at 18 texts each, 150 at 26); every answer then gets the uniform log(1/n), and the other
+features rank alone.
 """
 from __future__ import annotations
 
