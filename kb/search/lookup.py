@@ -11,9 +11,9 @@ BM25 score of the query, how strong that is, and the log-probability a softmax r
 trained on all the answers' texts gives it, `kb.search.classifier`); a logistic model over them
 ranks, and a second one, over the rank score and the best similarity, gives the score: a
 calibrated probability, in [0, 1], that the answer is the one asked for; a third, over the top
-scores and margins, says whether the first result is confidently the one asked for. The weights (`weights.json`) were fitted
-on the dev split of `tests/lookup_eval/` with `python -m kb.search.fit` (never on the test split);
-see docs/search.md.
+scores and margins, says whether the first result is confidently the one asked for. The weights
+(`weights.json`) were fitted on the dev split of `tests/lookup_eval/` with `python -m
+kb.search.fit` (never on the test split); see docs/search.md.
 
 A result names the section that matched best, so a link goes straight to it
 (`/answers/<slug>#<anchor>`); the anchor is the id `kb.render.markdown` gives that heading.
